@@ -1,0 +1,43 @@
+"""symad: a symbolic-to-AD compiler for Python.
+
+Trace a numeric Python function into an expression DAG (common subexpressions removed as
+it is built), differentiate it by extending the same graph, and evaluate the result with
+numpy or compile it to native code through LLVM.
+"""
+
+from .api import (
+    grad,
+    hessian,
+    hvp,
+    jacobian,
+    jvp,
+    logistic,
+    maximum,
+    minimum,
+    softplus,
+    trace,
+    value_and_grad,
+    vjp,
+    where,
+)
+from .check import check_grad, numerical_grad
+from .errors import (
+    CodegenError,
+    ConcretizationError,
+    GradientCheckError,
+    LeakedTracerError,
+    SymadError,
+    TracingError,
+    UnsupportedOpError,
+)
+from .graph import Graph, Node
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "trace", "grad", "value_and_grad", "jvp", "vjp", "jacobian", "hessian", "hvp",
+    "numerical_grad", "check_grad", "where", "maximum", "minimum", "logistic", "softplus",
+    "Graph", "Node",
+    "SymadError", "TracingError", "ConcretizationError", "LeakedTracerError",
+    "UnsupportedOpError", "GradientCheckError", "CodegenError",
+]

@@ -1,0 +1,74 @@
+"""Exceptions raised across the pipeline (trace -> graph -> ad -> lower -> jit).
+
+Every message says what happened, where, and what to do instead; each class's docstring
+teaches the fix with an example.
+"""
+
+from __future__ import annotations
+
+
+class SymadError(Exception):
+    """Base class of every error symad raises on purpose."""
+
+
+class TracingError(SymadError, TypeError):
+    """A traced function did something that cannot be recorded in a graph.
+
+    Typical causes: mixing values from two different traces, returning something that is
+    not a number, an array or a nested tuple/list/dict of them.
+    """
+
+
+class ConcretizationError(TracingError):
+    """Python needed a concrete number where only a traced value exists.
+
+    ``if x > 0:``, ``float(x)``, ``math.sin(x)`` and ``int(x)`` all ask for the value of
+    ``x`` while the function is being traced, but a traced value stands for every input at
+    once. Use data-independent control flow, or select with ``symad.where``::
+
+        # instead of:  y = x if x > 0 else -x
+        y = symad.where(x > 0, x, -x)
+        # instead of:  math.sin(x)
+        y = np.sin(x)
+    """
+
+
+class LeakedTracerError(TracingError):
+    """A traced value escaped the trace that created it and was used later.
+
+    Values computed inside a traced function belong to that trace. Storing one in a global
+    or a closure and using it in another call mixes graphs. Pass the value in as an
+    argument instead::
+
+        def f(x, y):          # not: y captured from a previous trace
+            return x * y
+    """
+
+
+class UnsupportedOpError(SymadError, NotImplementedError):
+    """The traced code used an operation symad has no rule for.
+
+    Supported numpy functions and ufuncs are listed in ``symad.trace.UFUNCS`` and
+    ``symad.trace.ARRAY_FUNCTIONS``. Rewrite the computation with supported operations,
+    or add an op (see ``symad.extend``)::
+
+        np.hypot(x, y)  ->  np.sqrt(x * x + y * y)
+    """
+
+
+class GradientCheckError(SymadError, AssertionError):
+    """A gradient disagreed with finite differences beyond the tolerance.
+
+    The message carries the transformation chain (e.g. "VJP of f"), the analytic and the
+    numeric directional derivative and their relative error. Check the op rule or the
+    function for a non-smooth point near the input (``abs``, ``maximum``, ``where``).
+    """
+
+
+class CodegenError(SymadError, RuntimeError):
+    """Lowering to LLVM IR, verifying or JIT-compiling failed.
+
+    This is a bug in symad, not in your function: the message carries the function name and
+    the failing IR excerpt. Until it is fixed, the uncompiled transformations
+    (``symad.grad``, ``symad.value_and_grad``) evaluate the same graph with numpy.
+    """

@@ -1,0 +1,329 @@
+"""The op table: every primitive declared once (trace -> graph -> ad -> lower -> jit).
+
+A row gives the op's name, arity, numpy reference semantics, local partial derivatives
+written as graph expressions (so derivatives of derivatives work), its sympy counterpart
+and, as plain data, how ``codegen`` lowers it. Adding an op is one row here; the
+table-driven tests pick it up.
+
+Partials receive the operands and the op's own output (``out``) as tracers, plus the
+op's static attributes, and return one graph expression per operand, or ``None`` for a
+structural zero (AD then builds nothing for that operand).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+# ---- lowering hints: plain data, read by codegen/lower.py (symad never imports LLVM) ----
+
+
+@dataclass(frozen=True, slots=True)
+class Instr:
+    """One LLVM instruction (``fadd``, ``fmul``, ``fneg``, ...)."""
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Intrinsic:
+    """An LLVM intrinsic of type ``double(double, ...)`` (``llvm.sin``, ``llvm.pow``, ...)."""
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Libm:
+    """A C math library function of type ``double(double, ...)`` resolved from the process."""
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Custom:
+    """Lowered by a hand-written function in ``codegen/lower.py``, keyed by op name."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    name: str                          # mnemonic used in printing, errors, IR value names
+    arity: int
+    numpy: Callable                    # reference semantics: (*args, *attrs) -> float64
+    partials: Callable | None          # (*args, out, *attrs) -> tuple[tracer | None, ...]
+    sympy: Callable | None             # (*args, *attrs) -> sympy expression
+    lower: object                      # Instr | Intrinsic | Libm | Custom
+    domain: tuple = (-3.0, 3.0)        # where the table-driven tests sample
+    commutative: bool = False
+    selects: bool = False              # partials are selections: AD multiplies with mul0
+    convention: str = ""               # documented choice at non-smooth points
+
+
+def _apply(name: str, args: tuple, attrs: tuple):
+    from .trace import apply  # the tracer type lives in trace.py, which imports this table
+    return apply(name, args, attrs)
+
+
+def _op(name: str) -> Callable:
+    def build(*args):
+        return _apply(name, args, ())
+    build.__name__ = name
+    return build
+
+
+add, sub, mul, div, neg = _op("add"), _op("sub"), _op("mul"), _op("div"), _op("neg")
+exp, log, sqrt, sin, cos = _op("exp"), _op("log"), _op("sqrt"), _op("sin"), _op("cos")
+sinh, cosh, sign = _op("sinh"), _op("cosh"), _op("sign")
+lt, gt, eq, ne = _op("lt"), _op("gt"), _op("eq"), _op("ne")
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+def _erf_np(x):
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _flag(fn: Callable) -> Callable:
+    """numpy comparison returning 1.0/0.0 (symad has one scalar type, float64)."""
+    return lambda x, y: np.asarray(fn(x, y), dtype=np.float64)
+
+
+def _sp_flag(rel: Callable) -> Callable:
+    return lambda x, y: sp.Piecewise((1, rel(x, y)), (0, True))
+
+
+def _half_tie(x, y, win):
+    # maximum/minimum split a tie evenly, so the gradient of max(x, x) is 1 in total.
+    return win(x, y) + 0.5 * eq(x, y)
+
+
+def _where_np(c, a, b):
+    return np.where(np.asarray(c) != 0, a, b)
+
+
+def _mul0_np(z, y):
+    z = np.asarray(z, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        return np.where(z == 0, z, z * y)
+
+
+def _powi_np(x, n):
+    return np.power(x, np.float64(n))
+
+
+def op_table(*rows: OpSpec) -> dict[str, OpSpec]:
+    table: dict[str, OpSpec] = {}
+    for row in rows:
+        if row.name in table:
+            raise ValueError(f"op {row.name!r} declared twice")
+        table[row.name] = row
+    return table
+
+
+OPS = op_table(
+    # ---- leaves (no operands; never differentiated through) ----
+    OpSpec("const", 0, None, None, None, Custom()),
+    OpSpec("input", 0, None, None, None, Custom()),
+    # ---- arithmetic ----
+    OpSpec("add", 2, np.add, lambda x, y, out: (1.0, 1.0), sp.Add, Instr("fadd"),
+           commutative=True),
+    OpSpec("sub", 2, np.subtract, lambda x, y, out: (1.0, -1.0), lambda x, y: x - y,
+           Instr("fsub")),
+    OpSpec("mul", 2, np.multiply, lambda x, y, out: (y, x), sp.Mul, Instr("fmul"),
+           commutative=True),
+    OpSpec("div", 2, np.divide, lambda x, y, out: (1 / y, -out / y), lambda x, y: x / y,
+           Instr("fdiv")),
+    OpSpec("neg", 1, np.negative, lambda x, out: (-1.0,), lambda x: -x, Instr("fneg")),
+    # x ** y for a traced y: d/dy = out*log(x) is NaN for x < 0, as in every AD system.
+    OpSpec("pow", 2, np.power, lambda x, y, out: (y * x ** (y - 1), out * log(x)),
+           sp.Pow, Intrinsic("llvm.pow"), domain=(0.5, 2.5)),
+    # x ** n for a Python int n (attribute): exact repeated multiplication, any sign of x.
+    OpSpec("powi", 1, _powi_np, lambda x, out, n: (n * x ** (n - 1) if n else None,),
+           lambda x, n: x**n, Custom()),
+    # ---- exponentials and logarithms ----
+    OpSpec("exp", 1, np.exp, lambda x, out: (out,), sp.exp, Intrinsic("llvm.exp")),
+    OpSpec("log", 1, np.log, lambda x, out: (1 / x,), sp.log, Intrinsic("llvm.log"),
+           domain=(0.1, 5.0)),
+    # log1p/expm1 keep full precision near 0, where log(1+x) and exp(x)-1 cancel.
+    OpSpec("log1p", 1, np.log1p, lambda x, out: (1 / (1 + x),), lambda x: sp.log(1 + x),
+           Libm("log1p"), domain=(-0.5, 3.0)),
+    OpSpec("expm1", 1, np.expm1, lambda x, out: (out + 1,), lambda x: sp.exp(x) - 1,
+           Libm("expm1")),
+    OpSpec("sqrt", 1, np.sqrt, lambda x, out: (0.5 / out,), sp.sqrt, Intrinsic("llvm.sqrt"),
+           domain=(0.1, 5.0)),
+    # ---- trigonometric ----
+    OpSpec("sin", 1, np.sin, lambda x, out: (cos(x),), sp.sin, Intrinsic("llvm.sin")),
+    OpSpec("cos", 1, np.cos, lambda x, out: (-sin(x),), sp.cos, Intrinsic("llvm.cos")),
+    OpSpec("tan", 1, np.tan, lambda x, out: (1 + out * out,), sp.tan, Libm("tan"),
+           domain=(-1.2, 1.2)),
+    OpSpec("asin", 1, np.arcsin, lambda x, out: (1 / sqrt(1 - x * x),), sp.asin,
+           Libm("asin"), domain=(-0.9, 0.9)),
+    OpSpec("acos", 1, np.arccos, lambda x, out: (-1 / sqrt(1 - x * x),), sp.acos,
+           Libm("acos"), domain=(-0.9, 0.9)),
+    OpSpec("atan", 1, np.arctan, lambda x, out: (1 / (1 + x * x),), sp.atan, Libm("atan")),
+    OpSpec("atan2", 2, np.arctan2,
+           lambda y, x, out: (x / (x * x + y * y), -y / (x * x + y * y)), sp.atan2,
+           Libm("atan2"), domain=(0.2, 3.0)),
+    # ---- hyperbolic and special ----
+    OpSpec("sinh", 1, np.sinh, lambda x, out: (cosh(x),), sp.sinh, Libm("sinh")),
+    OpSpec("cosh", 1, np.cosh, lambda x, out: (sinh(x),), sp.cosh, Libm("cosh")),
+    OpSpec("tanh", 1, np.tanh, lambda x, out: (1 - out * out,), sp.tanh, Libm("tanh")),
+    OpSpec("erf", 1, _erf_np, lambda x, out: (_TWO_OVER_SQRT_PI * exp(-(x * x)),), sp.erf,
+           Libm("erf")),
+    # ---- non-smooth ----
+    OpSpec("abs", 1, np.abs, lambda x, out: (sign(x),), sp.Abs, Intrinsic("llvm.fabs"),
+           convention="abs'(0) = 0 (sign(0) = 0)"),
+    OpSpec("sign", 1, np.sign, lambda x, out: (None,), sp.sign, Custom(),
+           convention="sign' = 0 everywhere, also at 0"),
+    OpSpec("floor", 1, np.floor, lambda x, out: (None,), sp.floor, Intrinsic("llvm.floor"),
+           convention="floor' = 0 everywhere, also at integers"),
+    OpSpec("maximum", 2, np.maximum,
+           lambda x, y, out: (_half_tie(x, y, gt), _half_tie(y, x, gt)), sp.Max, Custom(),
+           selects=True, convention="maximum(x, y) at x == y: gradient split 1/2, 1/2"),
+    OpSpec("minimum", 2, np.minimum,
+           lambda x, y, out: (_half_tie(x, y, lt), _half_tie(y, x, lt)), sp.Min, Custom(),
+           selects=True, convention="minimum(x, y) at x == y: gradient split 1/2, 1/2"),
+    # ---- comparisons (1.0 true, 0.0 false; NaN compares false except in ne) ----
+    OpSpec("lt", 2, _flag(np.less), lambda x, y, out: (None, None), _sp_flag(sp.Lt),
+           Custom()),
+    OpSpec("le", 2, _flag(np.less_equal), lambda x, y, out: (None, None), _sp_flag(sp.Le),
+           Custom()),
+    OpSpec("gt", 2, _flag(np.greater), lambda x, y, out: (None, None), _sp_flag(sp.Gt),
+           Custom()),
+    OpSpec("ge", 2, _flag(np.greater_equal), lambda x, y, out: (None, None),
+           _sp_flag(sp.Ge), Custom()),
+    OpSpec("eq", 2, _flag(np.equal), lambda x, y, out: (None, None), _sp_flag(sp.Eq),
+           Custom(), commutative=True),
+    OpSpec("ne", 2, _flag(np.not_equal), lambda x, y, out: (None, None), _sp_flag(sp.Ne),
+           Custom(), commutative=True),
+    # ---- selection ----
+    # where(c, a, b) takes a where c != 0 (NaN counts as true, as in numpy). The branch
+    # not taken gets an exact 0 adjoint even when its own partials are inf or NaN.
+    OpSpec("where", 3, _where_np, lambda c, a, b, out: (None, ne(c, 0.0), eq(c, 0.0)),
+           lambda c, a, b: sp.Piecewise((a, sp.Ne(c, 0)), (b, True)), Custom(),
+           selects=True, convention="where: no gradient flows into the branch not taken"),
+    # mul0(z, y) = z if z == 0 else z * y. AD uses it where z may be a masked-out
+    # adjoint, so 0 * inf stays 0 instead of becoming NaN.
+    OpSpec("mul0", 2, _mul0_np, lambda z, y, out: (y, z),
+           lambda z, y: sp.Piecewise((0, sp.Eq(z, 0)), (z * y, True)), Custom()),
+)
+
+
+# ---- rewrites applied at construction ----------------------------------------------
+
+
+def _is(node, value: float) -> bool:
+    """Is ``node`` the constant ``value``, bit for bit (so 0.0 and -0.0 differ)?"""
+    if node.op != "const":
+        return False
+    v = node.attrs[0]
+    return v == value and math.copysign(1.0, v) == math.copysign(1.0, value)
+
+
+def _add_rule(g, args, attrs):
+    x, y = args
+    if _is(y, -0.0):      # x + (-0.0) == x for every x, including -0.0 and NaN
+        return x
+    if _is(x, -0.0):
+        return y
+    return None
+
+
+def _sub_rule(g, args, attrs):
+    x, y = args
+    if _is(y, 0.0):       # x - (+0.0) == x for every x, including -0.0
+        return x
+    return None
+
+
+def _mul_rule(g, args, attrs):
+    x, y = args
+    for a, b in ((x, y), (y, x)):
+        if _is(a, 1.0):   # 1 * x == x exactly
+            return b
+        if _is(a, -1.0):  # -1 * x == -x exactly (sign flip only)
+            return g.node("neg", (b,))
+    return None
+
+
+def _div_rule(g, args, attrs):
+    x, y = args
+    if _is(y, 1.0):       # x / 1 == x exactly
+        return x
+    if _is(y, -1.0):
+        return g.node("neg", (x,))
+    return None
+
+
+def _neg_rule(g, args, attrs):
+    (x,) = args
+    return x.args[0] if x.op == "neg" else None     # --x == x exactly
+
+
+def _powi_rule(g, args, attrs):
+    (n,) = attrs
+    if n == 1:            # x ** 1 == x
+        return args[0]
+    if n == 0:            # x ** 0 == 1, also for NaN and inf (IEEE pow, numpy)
+        return g.const(1.0)
+    return None
+
+
+def _where_rule(g, args, attrs):
+    c, a, b = args
+    if c.op == "const":   # a constant condition picks its branch
+        return a if (c.attrs[0] != 0 or math.isnan(c.attrs[0])) else b
+    if a is b:            # both branches the same value
+        return a
+    return None
+
+
+def _same_rule(g, args, attrs):
+    x, y = args
+    return x if x is y else None    # max(x, x) == min(x, x) == x
+
+
+def _mul0_rule(g, args, attrs):
+    z, y = args
+    if z.op == "const" and z.attrs[0] == 0.0:   # mul0(0, y) == 0, whatever y is
+        return z
+    if _is(y, 1.0):       # mul0(z, 1) == z (z == 0 gives z too)
+        return z
+    if _is(z, 1.0):       # mul0(1, y) == 1 * y == y
+        return y
+    return None
+
+
+EXACT_RULES: dict[str, Callable] = {
+    "add": _add_rule, "sub": _sub_rule, "mul": _mul_rule, "div": _div_rule,
+    "neg": _neg_rule, "powi": _powi_rule, "where": _where_rule,
+    "maximum": _same_rule, "minimum": _same_rule, "mul0": _mul0_rule,
+}
+
+
+def _fast_mul(g, args, attrs):
+    x, y = args
+    if _is(x, 0.0) or _is(y, 0.0):   # not IEEE: 0 * inf is NaN, 0 * -1 is -0
+        return g.const(0.0)
+    return _mul_rule(g, args, attrs)
+
+
+def _fast_sub(g, args, attrs):
+    x, y = args
+    if x is y:                       # not IEEE: inf - inf is NaN
+        return g.const(0.0)
+    return _sub_rule(g, args, attrs)
+
+
+def _fast_add(g, args, attrs):
+    x, y = args
+    if _is(x, 0.0):                  # not IEEE: -0.0 + 0.0 is +0.0
+        return y
+    if _is(y, 0.0):
+        return x
+    return _add_rule(g, args, attrs)
+
+
+FASTMATH_RULES: dict[str, Callable] = {"mul": _fast_mul, "sub": _fast_sub, "add": _fast_add}
+
+DIFFERENTIABLE_OPS = tuple(n for n, s in OPS.items() if s.arity > 0)

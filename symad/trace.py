@@ -1,0 +1,523 @@
+"""Tracing: Python and numpy code -> graph (**trace** -> graph -> ad -> lower -> jit).
+
+A :class:`Tracer` stands for one scalar node and overloads Python's operators; a
+:class:`TracedArray` is a numpy object array of tracers whose ``__array_ufunc__`` and
+``__array_function__`` route numpy calls to the op table, so ordinary numpy code
+(``np.sin``, ``@``, ``np.sum``, ``np.where``, ``np.maximum``) traces unchanged. Anything
+numpy offers that symad has no rule for raises :class:`UnsupportedOpError` naming it.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .errors import ConcretizationError, LeakedTracerError, TracingError, UnsupportedOpError
+from .graph import Graph, Node
+from .ops import OPS
+
+
+def _concrete_error(what: str) -> ConcretizationError:
+    return ConcretizationError(
+        f"{what} needs the concrete value of a traced number, but tracing records the "
+        "computation for every input at once. Data-dependent Python control flow "
+        "(`if x > 0:`, `while`, `float(x)`, `math.sin(x)`) cannot be traced: use "
+        "symad.where(cond, a, b) to select values, numpy functions (np.sin) instead of "
+        "math functions, and make loop counts independent of traced values.")
+
+
+class Tracer:
+    """A traced scalar: operations on it add nodes to its graph."""
+
+    __slots__ = ("node",)
+    __array_priority__ = 1000.0
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    @property
+    def graph(self) -> Graph:
+        return self.node.graph
+
+    def __repr__(self) -> str:
+        return f"Tracer({self.node.line()})"
+
+    # ---- Python needs a concrete value: refuse with a teaching message ----
+    def __bool__(self):
+        raise _concrete_error(f"bool() of {self.node.line()} (an `if`, `and`, `or` or `while`)")
+
+    def __float__(self):
+        raise _concrete_error(f"float() of {self.node.line()}")
+
+    def __int__(self):
+        raise _concrete_error(f"int() of {self.node.line()}")
+
+    def __index__(self):
+        raise _concrete_error(f"using {self.node.line()} as an index")
+
+    def __complex__(self):
+        raise _concrete_error(f"complex() of {self.node.line()}")
+
+    __hash__ = None  # == builds a node, so tracers cannot be dict keys (as in JAX)
+
+    # ---- arithmetic ----
+    def __add__(self, o): return apply("add", (self, o))
+    def __radd__(self, o): return apply("add", (o, self))
+    def __sub__(self, o): return apply("sub", (self, o))
+    def __rsub__(self, o): return apply("sub", (o, self))
+    def __mul__(self, o): return apply("mul", (self, o))
+    def __rmul__(self, o): return apply("mul", (o, self))
+    def __truediv__(self, o): return apply("div", (self, o))
+    def __rtruediv__(self, o): return apply("div", (o, self))
+    def __neg__(self): return apply("neg", (self,))
+    def __pos__(self): return self
+    def __abs__(self): return apply("abs", (self,))
+    def __pow__(self, o): return power(self, o)
+    def __rpow__(self, o): return power(o, self)
+
+    def __floordiv__(self, o): return apply("floor", (apply("div", (self, o)),))
+    def __rfloordiv__(self, o): return apply("floor", (apply("div", (o, self)),))
+
+    def __mod__(self, o):
+        # Python/numpy modulo: x - floor(x / y) * y (sign of the divisor).
+        return self - (self // o) * o
+
+    def __rmod__(self, o):
+        return apply("sub", (o, apply("mul", (o // self, self))))
+
+    # ---- comparisons build 0/1 nodes; use them with symad.where ----
+    def __lt__(self, o): return apply("lt", (self, o))
+    def __le__(self, o): return apply("le", (self, o))
+    def __gt__(self, o): return apply("gt", (self, o))
+    def __ge__(self, o): return apply("ge", (self, o))
+    def __eq__(self, o): return apply("eq", (self, o))  # type: ignore[override]
+    def __ne__(self, o): return apply("ne", (self, o))  # type: ignore[override]
+
+    # ---- element methods numpy calls on object arrays (np.sin(obj_array) -> x.sin()) ----
+    def sin(self): return apply("sin", (self,))
+    def cos(self): return apply("cos", (self,))
+    def tan(self): return apply("tan", (self,))
+    def arcsin(self): return apply("asin", (self,))
+    def arccos(self): return apply("acos", (self,))
+    def arctan(self): return apply("atan", (self,))
+    def sinh(self): return apply("sinh", (self,))
+    def cosh(self): return apply("cosh", (self,))
+    def tanh(self): return apply("tanh", (self,))
+    def exp(self): return apply("exp", (self,))
+    def expm1(self): return apply("expm1", (self,))
+    def log(self): return apply("log", (self,))
+    def log1p(self): return apply("log1p", (self,))
+    def sqrt(self): return apply("sqrt", (self,))
+    def arctan2(self, x): return apply("atan2", (self, x))
+    def conjugate(self): return self
+
+    # numpy functions and ufuncs called on a scalar tracer go through the op table too
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _array_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return _array_function(func, args, kwargs)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (numbers.Real, np.bool_)) and not isinstance(v, Tracer)
+
+
+def apply(op: str, args: tuple, attrs: tuple = ()):
+    """Apply op ``op`` to tracers and numbers; returns a Tracer, or a float if no tracer.
+
+    Numbers become constants of the tracers' graph. With no tracer among ``args`` the op is
+    evaluated right away with numpy (so ``symad.where`` works on plain numbers too).
+    """
+    graph = None
+    for a in args:
+        if isinstance(a, Tracer):
+            g = a.node.graph
+            if graph is None:
+                graph = g
+            elif g is not graph:
+                raise LeakedTracerError(
+                    f"op {op!r} combines values of two different traces ({graph.name!r} and "
+                    f"{g.name!r}). A traced value escaped the function that created it "
+                    "(a global or a closure); pass it in as an argument instead.")
+    if graph is None:
+        vals = [_as_float(a, op, i) for i, a in enumerate(args)]
+        with np.errstate(all="ignore"):
+            return float(OPS[op].numpy(*vals, *attrs))
+    if graph._open <= 0:
+        raise LeakedTracerError(
+            f"op {op!r} on a value of the trace {graph.name!r}, which has finished. A traced "
+            "value escaped the function that created it (a global, a closure or an "
+            "attribute); return it from the function or pass it in as an argument instead.")
+    nodes = []
+    for i, a in enumerate(args):
+        if isinstance(a, Tracer):
+            nodes.append(a.node)
+        else:
+            nodes.append(graph.const(_as_float(a, op, i)))
+    return Tracer(graph.node(op, nodes, attrs))
+
+
+def _as_float(a, op: str, i: int) -> float:
+    if isinstance(a, TracedArray) or (isinstance(a, np.ndarray) and a.ndim > 0):
+        raise TracingError(f"op {op!r} got an array as operand {i}; it takes scalars here")
+    if isinstance(a, np.ndarray):
+        a = a[()]
+    if isinstance(a, (bool, np.bool_)):
+        return float(a)
+    if isinstance(a, numbers.Real):
+        return float(a)
+    if isinstance(a, numbers.Complex):
+        raise TracingError(f"op {op!r} got the complex number {a!r} as operand {i}; "
+                           "symad differentiates real (float64) code only")
+    raise TracingError(f"op {op!r} got {type(a).__name__} {a!r:.60} as operand {i}; "
+                       "expected a number or a traced value")
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def power(x, y):
+    """``x ** y``: an integer exponent becomes ``powi`` (exact multiplications)."""
+    if isinstance(y, (int, np.integer)) and not isinstance(y, (bool, np.bool_)):
+        n = int(y)
+        if abs(n) > _INT32_MAX:
+            raise TracingError(
+                f"integer exponent {n} does not fit in 32 bits; write it as a float "
+                f"(x ** {float(n)!r}) to use the real power function")
+        if isinstance(x, Tracer):
+            return apply("powi", (x,), (n,))
+        return apply("pow", (x, float(n)))
+    if isinstance(y, float) and y.is_integer() and abs(y) <= 64 and isinstance(x, Tracer):
+        # numpy computes x ** 2.0 like x ** 2; so do we (exact, and defined for x < 0).
+        return apply("powi", (x,), (int(y),))
+    return apply("pow", (x, y))
+
+
+# ---- traced arrays -------------------------------------------------------------------
+
+
+class TracedArray(np.ndarray):
+    """A numpy object array whose elements are tracers (or numbers).
+
+    Its ``__array_ufunc__`` maps numpy ufuncs onto the op table elementwise and its
+    ``__array_function__`` supports the numpy functions listed in ``ARRAY_FUNCTIONS``.
+    """
+
+    def __new__(cls, obj):
+        return np.asarray(obj, dtype=object).view(cls)
+
+    def __array_finalize__(self, obj):
+        pass
+
+    def __repr__(self) -> str:
+        return f"TracedArray(shape={self.shape})"
+
+    def __bool__(self):
+        raise _concrete_error("bool() of a traced array")
+
+    def __float__(self):
+        raise _concrete_error("float() of a traced array")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _array_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return _array_function(func, args, kwargs)
+
+
+def _array_ufunc(ufunc, method, inputs, kwargs):
+    name = ufunc.__name__
+    out = kwargs.pop("out", None)
+    if out is not None:
+        raise UnsupportedOpError(
+            f"np.{name}(..., out=...) writes in place, which tracing does not support; "
+            "assign the result instead")
+    kwargs.pop("casting", None)
+    kwargs.pop("dtype", None)
+    if kwargs.pop("where", True) is not True:
+        raise UnsupportedOpError(f"np.{name}(..., where=...) is not supported; use "
+                                 "symad.where on the result")
+    if method == "__call__" and name in UFUNCS and not any(
+            isinstance(i, np.ndarray) for i in inputs):
+        return UFUNCS[name](*inputs)   # scalars only: no broadcasting needed
+    plain = [_plain(i) for i in inputs]
+    if name == "matmul" and method == "__call__":
+        return _wrap(np.matmul(*plain, **kwargs))
+    fn = UFUNCS.get(name)
+    if fn is None:
+        raise UnsupportedOpError(
+            f"numpy ufunc np.{name} has no symad rule. Supported ufuncs: "
+            f"{', '.join(sorted(UFUNCS))}.")
+    elem = _ELEMENTWISE[name]
+    if method == "__call__":
+        return _wrap(elem(*plain, **kwargs))
+    if method in ("reduce", "accumulate") and ufunc.nin == 2:
+        if name in ("add", "multiply"):   # object reductions use + and * directly
+            return _wrap(getattr(ufunc, method)(plain[0], **kwargs))
+        kwargs.pop("initial", None)
+        return _wrap(getattr(elem, method)(plain[0], **kwargs))
+    raise UnsupportedOpError(f"np.{name}.{method} is not supported on traced arrays")
+
+
+def _array_function(func, args, kwargs):
+    impl = ARRAY_FUNCTIONS.get(func)
+    if impl is None:
+        name = getattr(func, "__module__", "numpy") + "." + func.__name__
+        raise UnsupportedOpError(
+            f"{name.replace('numpy.', 'np.', 1)} is not supported on traced values. "
+            "Write it with supported numpy functions (see symad.trace.ARRAY_FUNCTIONS) "
+            "or elementwise arithmetic.")
+    if impl is _STRUCTURAL:
+        res = func._implementation(*_plain_tree(args), **_plain_tree(kwargs))
+        return _wrap(res)
+    return impl(*args, **kwargs)
+
+
+def _plain(a):
+    """A plain object ndarray for traced values (so numpy does not dispatch back to us)."""
+    if isinstance(a, TracedArray):
+        return a.view(np.ndarray)
+    if isinstance(a, Tracer):
+        box = np.empty((), dtype=object)
+        box[()] = a
+        return box
+    return a
+
+
+def _plain_tree(x):
+    if isinstance(x, TracedArray):
+        return x.view(np.ndarray)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain_tree(i) for i in x)
+    if isinstance(x, dict):
+        return {k: _plain_tree(v) for k, v in x.items()}
+    return x
+
+
+def _wrap(res):
+    """Wrap numpy results: object arrays become TracedArray, scalars stay scalars."""
+    if isinstance(res, np.ndarray):
+        if res.dtype == object:
+            if res.ndim == 0:
+                return res[()]
+            return res.view(TracedArray)
+        return res
+    if isinstance(res, tuple):
+        return tuple(_wrap(r) for r in res)
+    if isinstance(res, list):
+        return [_wrap(r) for r in res]
+    return res
+
+
+def _unary(op):
+    return lambda x: apply(op, (x,))
+
+
+def _binary(op):
+    return lambda x, y: apply(op, (x, y))
+
+
+def _sign_fn(x):
+    return apply("sign", (x,))
+
+
+# numpy ufunc name -> scalar function on tracers/numbers (numpy aliases map here, not in OPS)
+UFUNCS = {
+    "add": _binary("add"), "subtract": _binary("sub"), "multiply": _binary("mul"),
+    "true_divide": _binary("div"), "divide": _binary("div"), "negative": _unary("neg"),
+    "positive": lambda x: x, "power": lambda x, y: power(x, y),
+    "float_power": lambda x, y: power(x, y),
+    "exp": _unary("exp"), "log": _unary("log"), "log1p": _unary("log1p"),
+    "expm1": _unary("expm1"), "sqrt": _unary("sqrt"), "square": lambda x: power(x, 2),
+    "reciprocal": lambda x: apply("div", (1.0, x)),
+    "exp2": lambda x: power(2.0, x), "log2": lambda x: apply("log", (x,)) / np.log(2.0),
+    "log10": lambda x: apply("log", (x,)) / np.log(10.0),
+    "sin": _unary("sin"), "cos": _unary("cos"), "tan": _unary("tan"),
+    "arcsin": _unary("asin"), "arccos": _unary("acos"), "arctan": _unary("atan"),
+    "arctan2": _binary("atan2"), "sinh": _unary("sinh"), "cosh": _unary("cosh"),
+    "tanh": _unary("tanh"), "absolute": _unary("abs"), "fabs": _unary("abs"),
+    "sign": _sign_fn, "floor": _unary("floor"),
+    "ceil": lambda x: -apply("floor", (-x if isinstance(x, Tracer) else -np.float64(x),)),
+    "maximum": _binary("maximum"), "minimum": _binary("minimum"),
+    "fmax": _binary("maximum"), "fmin": _binary("minimum"),
+    "less": _binary("lt"), "less_equal": _binary("le"), "greater": _binary("gt"),
+    "greater_equal": _binary("ge"), "equal": _binary("eq"), "not_equal": _binary("ne"),
+    "hypot": lambda x, y: apply("sqrt", (x * x + y * y,)),
+    "conjugate": lambda x: x,
+}
+
+_ELEMENTWISE = {name: np.frompyfunc(fn, fn.__code__.co_argcount, 1)
+                for name, fn in UFUNCS.items()}
+
+
+def _where(cond, a=None, b=None):
+    if a is None or b is None:
+        raise UnsupportedOpError("np.where(cond) with one argument returns indices, which "
+                                 "depend on traced values; use np.where(cond, a, b)")
+    return _wrap(_ELEMENT_WHERE(_plain(cond), _plain(a), _plain(b)))
+
+
+def where(cond, a, b):
+    """Select ``a`` where ``cond`` is nonzero, else ``b``, elementwise; traceable ``if``.
+
+    Gradients flow only into the branch taken: ``where(x > 0, sqrt(x), 0.0)`` has
+    gradient 0 at ``x <= 0``, never NaN.
+
+    >>> where(1.0 > 0.0, 2.0, 3.0)
+    2.0
+    """
+    if any(isinstance(v, np.ndarray) for v in (cond, a, b)):
+        return _where(cond, a, b)
+    return apply("where", (cond, a, b))
+
+
+_ELEMENT_WHERE = np.frompyfunc(lambda c, a, b: apply("where", (c, a, b)), 3, 1)
+
+
+def _clip(a, a_min=None, a_max=None, **kw):
+    r = _plain(a)
+    if a_min is not None:
+        r = _ELEMENTWISE["maximum"](r, _plain(a_min))
+    if a_max is not None:
+        r = _ELEMENTWISE["minimum"](r, _plain(a_max))
+    return _wrap(r)
+
+
+def _mean(a, axis=None, keepdims=False, **kw):
+    p = _plain(a)
+    s = np.sum(p, axis=axis, keepdims=keepdims)
+    n = p.size if axis is None else np.prod([p.shape[i] for i in np.atleast_1d(axis)])
+    return _wrap(s / float(n)) if isinstance(s, np.ndarray) else s / float(n)
+
+
+def _var(a, axis=None, ddof=0, keepdims=False, **kw):
+    p = _plain(a)
+    mean = _mean(p, axis=axis, keepdims=True)
+    d = p - _plain(mean)
+    s = np.sum(d * d, axis=axis, keepdims=keepdims)
+    n = p.size if axis is None else np.prod([p.shape[i] for i in np.atleast_1d(axis)])
+    return _wrap(s / float(n - ddof)) if isinstance(s, np.ndarray) else s / float(n - ddof)
+
+
+def _std(a, axis=None, ddof=0, keepdims=False, **kw):
+    return np.sqrt(_var(a, axis=axis, ddof=ddof, keepdims=keepdims))
+
+
+def _max_reduce(ufunc_name):
+    def reduce(a, axis=None, keepdims=False, **kw):
+        p = _plain(a)
+        elem = _ELEMENTWISE[ufunc_name]
+        if axis is None:
+            p = p.reshape(-1)
+            axis = 0
+        return _wrap(elem.reduce(p, axis=axis, keepdims=keepdims))
+    return reduce
+
+
+def _linalg_norm(x, ord=None, axis=None, keepdims=False):
+    if ord not in (None, 2, "fro") or (axis is not None and np.ndim(x) > 1 and ord == 2):
+        raise UnsupportedOpError(f"np.linalg.norm with ord={ord!r} is not supported on traced "
+                                 "values; only the 2-norm / Frobenius norm")
+    p = _plain(x)
+    s = np.sum(p * p, axis=axis, keepdims=keepdims)
+    return np.sqrt(_wrap(s)) if isinstance(s, np.ndarray) else apply("sqrt", (s,))
+
+
+_STRUCTURAL = object()  # numpy's own implementation works on object arrays of tracers
+
+ARRAY_FUNCTIONS = {f: _STRUCTURAL for f in (
+    np.sum, np.prod, np.dot, np.vdot, np.inner, np.outer, np.matmul, np.tensordot,
+    np.einsum, np.cumsum, np.cumprod, np.trace, np.diagonal, np.diag, np.diff, np.roll,
+    np.reshape, np.ravel, np.transpose, np.swapaxes, np.moveaxis, np.squeeze,
+    np.expand_dims, np.concatenate, np.stack, np.hstack, np.vstack, np.column_stack,
+    np.atleast_1d, np.atleast_2d, np.broadcast_to, np.broadcast_arrays, np.tile,
+    np.repeat, np.flip, np.fliplr, np.flipud, np.take, np.triu, np.tril, np.shape,
+    np.ndim, np.size, np.zeros_like, np.ones_like, np.full_like, np.copy, np.split,
+    np.array_split, np.append, np.kron, np.cross, np.pad, np.block,
+    np.linalg.multi_dot,
+)}
+ARRAY_FUNCTIONS.update({
+    np.where: _where, np.clip: _clip, np.mean: _mean, np.average: _mean, np.var: _var,
+    np.std: _std, np.max: _max_reduce("maximum"), np.amax: _max_reduce("maximum"),
+    np.min: _max_reduce("minimum"), np.amin: _max_reduce("minimum"),
+    np.linalg.norm: _linalg_norm,
+})
+
+
+def lift(value) -> Tracer | TracedArray:
+    """Wrap a value built from nodes for the user: node -> Tracer, node array -> TracedArray."""
+    if isinstance(value, Node):
+        return Tracer(value)
+    return value
+
+
+# ---- tracing a function --------------------------------------------------------------
+
+
+def new_input_leaf(graph: Graph, value, path: str):
+    """Input node(s) for one argument leaf, shaped like ``value``."""
+    arr = as_float_array(value, path)
+    if arr.ndim == 0:
+        return Tracer(graph.input(path))
+    flat = np.empty(arr.size, dtype=object)
+    for i, idx in enumerate(np.ndindex(arr.shape)):
+        flat[i] = Tracer(graph.input(f"{path}[{','.join(map(str, idx))}]"))
+    return flat.reshape(arr.shape).view(TracedArray)
+
+
+def as_float_array(value, path: str = "argument") -> np.ndarray:
+    """``value`` as a float64 ndarray, or a TypeError that names ``path`` and the fix."""
+    if isinstance(value, (Tracer, TracedArray)):
+        raise TracingError(f"{path} is already a traced value here")
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{path} is the string {value!r:.40}; symad differentiates "
+                        "functions of float64 numbers and arrays")
+    try:
+        arr = np.asarray(value)
+    except Exception as e:  # ragged lists and the like
+        raise TypeError(f"{path} could not be converted to a numeric array: {e}") from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{path} is complex ({arr.dtype}); symad differentiates real "
+                        "(float64) functions only; pass the real and imaginary parts "
+                        "as separate arguments")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{path} has dtype {arr.dtype} ({type(value).__name__}); "
+                        "expected a number or a numeric array (float64 or convertible)")
+    return arr.astype(np.float64, copy=False)
+
+
+def output_nodes(graph: Graph, value, path: str) -> tuple[list[Node], tuple]:
+    """Flatten one output leaf to nodes (numbers become constants) and its shape."""
+    if isinstance(value, Tracer):
+        _check_own(graph, value.node, path)
+        return [value.node], ()
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        nodes = []
+        for v in value.reshape(-1):
+            if isinstance(v, Tracer):
+                _check_own(graph, v.node, path)
+                nodes.append(v.node)
+            else:
+                nodes.append(graph.const(_as_output_float(v, path)))
+        return nodes, value.shape
+    if isinstance(value, (numbers.Real, np.ndarray, np.generic)):
+        arr = as_float_array(value, path)
+        return [graph.const(v) for v in arr.reshape(-1)], arr.shape
+    raise TracingError(f"{path} is a {type(value).__name__}; a traced function must return "
+                       "numbers, numpy arrays, or nested tuples/lists/dicts of them")
+
+
+def _as_output_float(v, path):
+    if isinstance(v, numbers.Real):
+        return float(v)
+    raise TracingError(f"{path} holds a {type(v).__name__}; expected numbers")
+
+
+def _check_own(graph: Graph, node: Node, path: str) -> None:
+    if node.graph is not graph:
+        raise LeakedTracerError(
+            f"{path} is a traced value of another trace ({node.graph.name!r}); a value "
+            "escaped the function that created it. Return values computed from this "
+            "call's arguments.")
