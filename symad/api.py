@@ -10,6 +10,8 @@ for the variables and returns tracers. So every transformation composes with eve
 from __future__ import annotations
 
 import functools
+import inspect
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +26,9 @@ from .trace import Tracer, TracedArray, as_float_array, new_input_leaf, output_n
 from .tree import tree_flatten, tree_unflatten
 
 _LOCAL = threading.local()
+# SYMAD_VERIFY=1 checks every new graph's invariants when its trace ends (the test suite
+# turns it on; it costs a pass over the graph).
+_VERIFY = os.environ.get("SYMAD_VERIFY", "") not in ("", "0")
 
 
 def _stack() -> list[Graph]:
@@ -50,6 +55,20 @@ def _graph_of(*trees) -> Graph | None:
 
 def _fn_name(f) -> str:
     return getattr(f, "__name__", type(f).__name__)
+
+
+def _arg_names(f, n: int) -> list[str]:
+    """Names for the first ``n`` positional arguments (for input names and messages)."""
+    names: list[str] = []
+    try:
+        for p in inspect.signature(f).parameters.values():
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                names.append(p.name)
+            elif p.kind == p.VAR_POSITIONAL:
+                break
+    except (TypeError, ValueError):
+        pass
+    return [names[k] if k < len(names) else f"arg{k}" for k in range(n)]
 
 
 def _normalize_argnums(argnums, nargs: int, fname: str) -> tuple[int, ...]:
@@ -120,8 +139,9 @@ def _stage(f, args, argnums, ctx: _tracing, name: str) -> Staged:
     graph = ctx.graph
     st = Staged(graph=graph, nested=not ctx.new, argnums=argnums)
     new_args = list(args)
+    arg_names = _arg_names(f, len(args))
     for k in argnums:
-        leaves, td, paths = tree_flatten(args[k], f"argument {k}")
+        leaves, td, paths = tree_flatten(args[k], arg_names[k])
         var_leaves, shapes = [], []
         for leaf, path in zip(leaves, paths):
             if st.nested:
@@ -166,9 +186,11 @@ class _tracing:  # noqa: N801 (used as a context manager, reads like a statement
         _stack().append(self.graph)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         _stack().pop()
         self.graph._open -= 1
+        if self.new and exc_type is None and _VERIFY:
+            self.graph.verify()
         return False
 
 

@@ -194,8 +194,13 @@ class Graph:
         return [nodes[i] for i in range(top + 1) if mark[i]]
 
     def count_ops(self, outputs: Iterable[Node] | None = None) -> Counter:
-        """``Counter`` of op names over the nodes the outputs depend on (default: all)."""
-        nodes = self.nodes if outputs is None else self.live(outputs)
+        """``Counter`` of op names over the nodes the outputs depend on.
+
+        Default: the live part of ``graph.outputs``, or every node if none are set.
+        """
+        if outputs is None and not self.outputs:
+            return Counter(n.op for n in self.nodes)
+        nodes = self.live(outputs)
         return Counter(n.op for n in nodes)
 
     def __len__(self) -> int:
