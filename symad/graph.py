@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .errors import SymadError, TracingError
+from .ops import EXACT_RULES, FASTMATH_RULES, OPS
 
 
 class Node:
@@ -141,23 +142,30 @@ class Graph:
         This is the only way nodes are made: it checks arity, puts commutative
         operands in canonical order, applies the rewrite rules and interns.
         """
-        from .ops import EXACT_RULES, FASTMATH_RULES, OPS
-
+        args = tuple(args)
+        hit = self._table.get((op, args, attrs))
+        if hit is not None:            # common subexpression: no rules, no checks needed
+            return hit
         spec = OPS.get(op)
         if spec is None:
             raise SymadError(f"unknown op {op!r}; known ops: {', '.join(sorted(OPS))}")
-        args = tuple(args)
         if len(args) != spec.arity:
             raise SymadError(f"op {op!r} takes {spec.arity} operands, got {len(args)}")
+        all_const = True
         for a in args:
             if a.graph is not self:
                 raise TracingError(
                     f"op {op!r} mixes nodes of two graphs ({a.graph.name!r} and "
                     f"{self.name!r}); a value from one trace was used in another")
+            if a.op != "const":
+                all_const = False
+        if all_const:
+            return self._fold(spec, args, attrs)
         if spec.commutative and args[0].id > args[1].id:
             args = (args[1], args[0])
-        if all(a.op == "const" for a in args):
-            return self._fold(spec, args, attrs)
+            hit = self._table.get((op, args, attrs))
+            if hit is not None:
+                return hit
         rule = EXACT_RULES.get(op)
         if rule is not None:
             rewritten = rule(self, args, attrs)
@@ -229,8 +237,6 @@ class Graph:
 
     def verify(self) -> None:
         """Check the invariants every pass relies on; raise ``SymadError`` if one fails."""
-        from .ops import OPS
-
         seen: dict[tuple, Node] = {}
         for i, n in enumerate(self.nodes):
             if n.id != i or n.graph is not self:
