@@ -203,9 +203,11 @@ OPS = op_table(
            lambda c, a, b: sp.Piecewise((a, sp.Ne(c, 0)), (b, True)), Custom(),
            selects=True, convention="where: no gradient flows into the branch not taken"),
     # mul0(z, y) = z if z == 0 else z * y. AD uses it where z may be a masked-out
-    # adjoint, so 0 * inf stays 0 instead of becoming NaN.
+    # adjoint, so 0 * inf stays 0 instead of becoming NaN. It selects too: its own
+    # derivatives must keep that zero exact, or Hessians of where(...) leak NaN again.
     OpSpec("mul0", 2, _mul0_np, lambda z, y, out: (y, z),
-           lambda z, y: sp.Piecewise((0, sp.Eq(z, 0)), (z * y, True)), Custom()),
+           lambda z, y: sp.Piecewise((0, sp.Eq(z, 0)), (z * y, True)), Custom(),
+           selects=True),
 )
 
 
