@@ -27,6 +27,21 @@ def _concrete_error(what: str) -> ConcretizationError:
         "math functions, and make loop counts independent of traced values.")
 
 
+def _binary_method(op: str, reflected_op: str | None = None):
+    """``(method, reflected method)`` applying ``op``; reflected ops swap the operands."""
+    def method(self, o):
+        return NotImplemented if isinstance(o, np.ndarray) else apply(op, (self, o))
+
+    def reflected(self, o):
+        if isinstance(o, np.ndarray):
+            return NotImplemented
+        if reflected_op is not None:      # o < self  is  self > o
+            return apply(reflected_op, (self, o))
+        return apply(op, (o, self))
+
+    return method, reflected
+
+
 class Tracer:
     """A traced scalar: operations on it add nodes to its graph."""
 
@@ -61,38 +76,36 @@ class Tracer:
 
     __hash__ = None  # == builds a node, so tracers cannot be dict keys (as in JAX)
 
-    # ---- arithmetic ----
-    def __add__(self, o): return apply("add", (self, o))
-    def __radd__(self, o): return apply("add", (o, self))
-    def __sub__(self, o): return apply("sub", (self, o))
-    def __rsub__(self, o): return apply("sub", (o, self))
-    def __mul__(self, o): return apply("mul", (self, o))
-    def __rmul__(self, o): return apply("mul", (o, self))
-    def __truediv__(self, o): return apply("div", (self, o))
-    def __rtruediv__(self, o): return apply("div", (o, self))
+    # ---- arithmetic and comparisons (comparisons build 0/1 nodes for symad.where) ----
+    # An ndarray operand returns NotImplemented so numpy broadcasts elementwise instead.
+    __add__, __radd__ = _binary_method("add")
+    __sub__, __rsub__ = _binary_method("sub")
+    __mul__, __rmul__ = _binary_method("mul")
+    __truediv__, __rtruediv__ = _binary_method("div")
+    __lt__, __gt__ = _binary_method("lt", "gt")
+    __le__, __ge__ = _binary_method("le", "ge")
+    __eq__, _ = _binary_method("eq")  # type: ignore[assignment]
+    __ne__, _ = _binary_method("ne")  # type: ignore[assignment]
+
     def __neg__(self): return apply("neg", (self,))
     def __pos__(self): return self
     def __abs__(self): return apply("abs", (self,))
-    def __pow__(self, o): return power(self, o)
-    def __rpow__(self, o): return power(o, self)
 
-    def __floordiv__(self, o): return apply("floor", (apply("div", (self, o)),))
-    def __rfloordiv__(self, o): return apply("floor", (apply("div", (o, self)),))
+    def __pow__(self, o):
+        return NotImplemented if isinstance(o, np.ndarray) else power(self, o)
+
+    def __rpow__(self, o):
+        return NotImplemented if isinstance(o, np.ndarray) else power(o, self)
+
+    def __floordiv__(self, o): return np.floor(self / o)
+    def __rfloordiv__(self, o): return np.floor(o / self)
 
     def __mod__(self, o):
-        # Python/numpy modulo: x - floor(x / y) * y (sign of the divisor).
+        # Python/numpy modulo: x - floor(x / y) * y (the sign of the divisor).
         return self - (self // o) * o
 
     def __rmod__(self, o):
-        return apply("sub", (o, apply("mul", (o // self, self))))
-
-    # ---- comparisons build 0/1 nodes; use them with symad.where ----
-    def __lt__(self, o): return apply("lt", (self, o))
-    def __le__(self, o): return apply("le", (self, o))
-    def __gt__(self, o): return apply("gt", (self, o))
-    def __ge__(self, o): return apply("ge", (self, o))
-    def __eq__(self, o): return apply("eq", (self, o))  # type: ignore[override]
-    def __ne__(self, o): return apply("ne", (self, o))  # type: ignore[override]
+        return o - (o // self) * self
 
     # ---- element methods numpy calls on object arrays (np.sin(obj_array) -> x.sin()) ----
     def sin(self): return apply("sin", (self,))
