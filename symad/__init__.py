@@ -31,6 +31,7 @@ from .errors import (
     UnsupportedOpError,
 )
 from .graph import Graph, Node
+from .sympy_bridge import from_sympy, swell_report, symbolic_grad, to_sympy
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "trace", "grad", "value_and_grad", "jvp", "vjp", "jacobian", "hessian", "hvp",
     "numerical_grad", "check_grad", "where", "maximum", "minimum", "logistic", "softplus",
     "Graph", "Node",
+    "to_sympy", "from_sympy", "symbolic_grad", "swell_report",
     "SymadError", "TracingError", "ConcretizationError", "LeakedTracerError",
     "UnsupportedOpError", "GradientCheckError", "CodegenError",
 ]
