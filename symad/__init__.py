@@ -21,6 +21,7 @@ from .api import (
     where,
 )
 from .check import check_grad, numerical_grad
+from .compiled import CompiledFunction, compile, compile_grad
 from .errors import (
     CodegenError,
     ConcretizationError,
@@ -36,6 +37,7 @@ from .sympy_bridge import from_sympy, swell_report, symbolic_grad, to_sympy
 __version__ = "0.1.0"
 
 __all__ = [
+    "compile", "compile_grad", "CompiledFunction",
     "trace", "grad", "value_and_grad", "jvp", "vjp", "jacobian", "hessian", "hvp",
     "numerical_grad", "check_grad", "where", "maximum", "minimum", "logistic", "softplus",
     "Graph", "Node",

@@ -1,0 +1,178 @@
+"""The one owner of LLVM state (trace -> graph -> ad -> lower -> **jit**).
+
+Holds the target machines (one per machine-code optimisation level, created once) and
+runs parse -> verify -> new-pass-manager pipeline -> MCJIT for each module. Each
+:class:`NativeModule` owns its own MCJIT engine, so native code is freed together with
+the compiled function that references it (no process-wide list that only grows).
+
+Optimisation levels. LLVM's machine-code generation dominates compile time and grows
+superlinearly with the size of one straight-line basic block (DESIGN.md, Known traps:
+50k instructions take 6.4 s at O1-O3 against 0.4 s at O0). ``choose_levels`` therefore
+picks the levels by the number of graph nodes: full O3 for ordinary functions, and for
+huge ones a cheap IR pipeline (O1) with the fast O0 instruction selector and register
+allocator, so compile time stays near linear.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass, field
+
+import llvmlite
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+from symad.errors import CodegenError
+
+# Above this many live graph nodes the machine-code level drops to O0 and the IR
+# pipeline to O1 (see the module docstring).
+LARGE_GRAPH_NODES = 20_000
+
+_LOCK = threading.Lock()
+_STATE: dict = {}
+
+
+def _version_ok() -> None:
+    parts = tuple(int(p) for p in llvmlite.__version__.split(".")[:2] if p.isdigit())
+    if parts < (0, 45):
+        raise CodegenError(f"symad needs llvmlite >= 0.45 (new pass manager only); "
+                           f"found {llvmlite.__version__}")
+
+
+def _start() -> dict:
+    """Initialise the native target once per process (never ``llvm.initialize()``)."""
+    with _LOCK:
+        if _STATE:
+            return _STATE
+        _version_ok()
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        try:
+            llvm.check_jit_execution()
+        except Exception as exc:  # noqa: BLE001 (any failure here means no JIT at all)
+            raise CodegenError(f"this process cannot execute JIT-compiled code: {exc}. "
+                               "Use the uncompiled transformations (symad.value_and_grad)."
+                               ) from exc
+        target = llvm.Target.from_triple(llvm.get_process_triple())
+        try:
+            features = llvm.get_host_cpu_features().flatten()
+        except RuntimeError:  # odd hosts: numba falls back to no feature string too
+            features = ""
+        _STATE.update(target=target, cpu=llvm.get_host_cpu_name(), features=features,
+                      tms={}, triple=llvm.get_process_triple())
+        return _STATE
+
+
+def target_machine(codegen_level: int = 3):
+    """The process-wide target machine for a machine-code optimisation level (0..3)."""
+    st = _start()
+    with _LOCK:
+        tm = st["tms"].get(codegen_level)
+        if tm is None:
+            tm = st["target"].create_target_machine(
+                cpu=st["cpu"], features=st["features"], opt=codegen_level,
+                codemodel="jitdefault", jit=True)
+            st["tms"][codegen_level] = tm
+        return tm
+
+
+def new_module(name: str) -> ir.Module:
+    st = _start()
+    mod = ir.Module(name=name)
+    mod.triple = st["triple"]
+    mod.data_layout = str(target_machine(3).target_data)
+    return mod
+
+
+def add_symbol(name: str, address: int) -> None:
+    """Make ``name`` resolvable by the JIT linker (process-wide, idempotent)."""
+    llvm.add_symbol(name, address)
+
+
+def choose_levels(n_nodes: int, opt_level) -> tuple[int, int]:
+    """(IR speed level, machine-code level) for a graph of ``n_nodes`` live nodes."""
+    if opt_level in (None, "auto"):
+        return (3, 3) if n_nodes <= LARGE_GRAPH_NODES else (1, 0)
+    if opt_level not in (0, 1, 2, 3):
+        raise ValueError(f"opt_level must be 0, 1, 2, 3 or 'auto', not {opt_level!r}")
+    return opt_level, opt_level
+
+
+def _excerpt(text: str, fn_name: str, limit: int = 1500) -> str:
+    at = text.find(f"@{fn_name}(")
+    start = max(0, text.rfind("\n", 0, at) if at >= 0 else 0)
+    return text[start:start + limit]
+
+
+@dataclass
+class NativeModule:
+    """A JIT-compiled module: its engine, symbol addresses, IR texts and timings."""
+    engine: object
+    addresses: dict[str, int]
+    llvm_ir: str
+    optimized_ir: str
+    codegen_level: int
+    speed_level: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    _asm: str | None = None
+
+    @property
+    def asm(self) -> str:
+        # Emitted on demand: assembly is a second machine-code run, which for a big
+        # function costs as much as the JIT itself.
+        if self._asm is None:
+            mod = llvm.parse_assembly(self.optimized_ir)
+            self._asm = target_machine(self.codegen_level).emit_assembly(mod)
+        return self._asm
+
+
+def compile_module(module: ir.Module, symbols: list[str], *, speed_level: int = 3,
+                   codegen_level: int = 3) -> NativeModule:
+    """Verify, optimise and JIT ``module``; return addresses of the emitted ``symbols``."""
+    _start()
+    text = str(module)
+    main = symbols[0] if symbols else module.name
+    t0 = time.perf_counter()
+    try:
+        llmod = llvm.parse_assembly(text)
+        llmod.verify()
+    except RuntimeError as exc:
+        raise CodegenError(f"LLVM rejected the IR of @{main}: {exc}\n"
+                           f"--- IR excerpt ---\n{_excerpt(text, main)}") from exc
+    tm = target_machine(codegen_level)
+    pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
+    pto.loop_vectorization = speed_level >= 2
+    pto.slp_vectorization = speed_level >= 2
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(llmod, pb)
+    optimized = str(llmod)
+    t1 = time.perf_counter()
+    try:
+        engine = llvm.create_mcjit_compiler(llmod, tm)
+        engine.finalize_object()
+    except RuntimeError as exc:
+        raise CodegenError(f"machine-code generation failed for @{main}: {exc}\n"
+                           f"--- IR excerpt ---\n{_excerpt(optimized, main)}") from exc
+    emitted = {f.name for f in module.functions if not f.is_declaration}
+    addresses = {}
+    for name in symbols:
+        # get_function_address aborts the process on a missing symbol: only ask for
+        # names this module defines.
+        if name not in emitted:
+            raise CodegenError(f"@{name} is not defined by module {module.name!r}")
+        addresses[name] = engine.get_function_address(name)
+    t2 = time.perf_counter()
+    return NativeModule(engine=engine, addresses=addresses, llvm_ir=text,
+                        optimized_ir=optimized, codegen_level=codegen_level,
+                        speed_level=speed_level,
+                        seconds={"llvm_opt": t1 - t0, "machine_code": t2 - t1})
+
+
+def pythonapi_address(name: str) -> int:
+    """Address of a CPython C-API function or data symbol, for :func:`add_symbol`."""
+    try:
+        return ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value
+    except AttributeError:
+        raise CodegenError(f"CPython C-API symbol {name!r} not found") from None

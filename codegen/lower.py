@@ -1,0 +1,203 @@
+"""Graph -> LLVM IR (trace -> graph -> ad -> **lower** -> jit).
+
+One straight-line function evaluates every output of a graph at one point. Forward and
+adjoint nodes live in the same graph, so the gradient part reuses forward values as plain
+SSA registers. Nodes are lowered by iterating the topologically ordered live list with a
+``dict[Node, ir.Value]``; nothing recurses on graph depth. IR value names mirror node ids
+(``%v7`` is graph node ``%7``), so IR lines trace back to graph lines.
+
+The kernel's ABI::
+
+    void NAME_kernel(const double* in, i64 in_stride, double* out, i64 out_stride)
+
+Input leaf ``j`` is read from ``in[j * in_stride]`` and output ``k`` written to
+``out[k * out_stride]``. A single point uses stride 1; the batch loop (``abi.py``) passes
+column-major buffers (stride N) so consecutive points are contiguous and vectorisable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from llvmlite import ir
+
+from symad.graph import Graph, Node
+from symad.ops import OPS, Custom, Instr, Intrinsic, Libm
+
+DOUBLE = ir.DoubleType()
+I64 = ir.IntType(64)
+PTR = ir.PointerType()
+
+# Fast-math flags offered by ``fastmath=True``. nnan/ninf are left out on purpose: they
+# let LLVM assume NaN and inf never occur, which silently changes results that numpy
+# reports as nan/inf (log(-1), 1/0). Pass an explicit tuple to opt into them.
+DEFAULT_FASTMATH = ("nsz", "arcp", "contract", "afn", "reassoc")
+ALL_FLAGS = frozenset(("nnan", "ninf", "nsz", "arcp", "contract", "afn", "reassoc", "fast"))
+
+
+def fastmath_flags(fastmath) -> tuple[str, ...]:
+    """Normalise the user's ``fastmath`` option to a tuple of LLVM flag names."""
+    if fastmath is False or fastmath is None:
+        return ()
+    if fastmath is True:
+        return DEFAULT_FASTMATH
+    flags = (fastmath,) if isinstance(fastmath, str) else tuple(fastmath)
+    bad = [f for f in flags if f not in ALL_FLAGS]
+    if bad:
+        raise ValueError(f"unknown fast-math flag(s) {bad}; choose from {sorted(ALL_FLAGS)}")
+    return flags
+
+
+def _fconst(v: float) -> ir.Constant:
+    return ir.Constant(DOUBLE, float(v))
+
+
+def _flag(b: ir.IRBuilder, bit: ir.Value, name: str) -> ir.Value:
+    return b.select(bit, _fconst(1.0), _fconst(0.0), name=name)
+
+
+# ---- hand-written lowerings for the Custom() rows, keyed by op name ------------------
+# Each takes (builder, operands, node, flags) and returns the node's value.
+
+def _powi(b, args, node, flags):
+    # Exact repeated multiplication by binary exponentiation, like numpy's integer power
+    # for small exponents; a negative exponent divides 1 by the positive power.
+    (x,), (n,) = args, node.attrs
+    k = abs(int(n))
+    name = f"v{node.id}"
+    if k == 0:
+        return _fconst(1.0)
+    result, base = None, x
+    while True:
+        if k & 1:
+            result = base if result is None else b.fmul(result, base, flags=flags)
+        k >>= 1
+        if not k:
+            break
+        base = b.fmul(base, base, flags=flags)
+    if n < 0:
+        return b.fdiv(_fconst(1.0), result, name=name, flags=flags)
+    return result
+
+
+def _sign(b, args, node, flags):
+    # numpy: sign(x) = 1 / -1 for x > 0 / x < 0, +0.0 for either zero, NaN for NaN.
+    (x,) = args
+    zero_or_nan = b.fadd(x, _fconst(0.0))   # -0.0 + 0.0 == +0.0; NaN stays NaN
+    neg = b.select(b.fcmp_ordered("<", x, _fconst(0.0)), _fconst(-1.0), zero_or_nan)
+    return b.select(b.fcmp_ordered(">", x, _fconst(0.0)), _fconst(1.0), neg,
+                    name=f"v{node.id}")
+
+
+def _maximum(b, args, node, flags):
+    # numpy: (x > y or isnan(x)) ? x : y. NaN in either operand gives NaN, and of two
+    # zeros the second operand wins. llvm.maxnum would drop the NaN.
+    x, y = args
+    take_x = b.or_(b.fcmp_ordered(">", x, y), b.fcmp_unordered("uno", x, x))
+    return b.select(take_x, x, y, name=f"v{node.id}")
+
+
+def _minimum(b, args, node, flags):
+    x, y = args
+    take_x = b.or_(b.fcmp_ordered("<", x, y), b.fcmp_unordered("uno", x, x))
+    return b.select(take_x, x, y, name=f"v{node.id}")
+
+
+def _compare(pred: str, ordered: bool = True) -> Callable:
+    def lower(b, args, node, flags):
+        cmp = b.fcmp_ordered if ordered else b.fcmp_unordered
+        return _flag(b, cmp(pred, args[0], args[1]), f"v{node.id}")
+    return lower
+
+
+def _where(b, args, node, flags):
+    # c != 0 takes a; NaN counts as true (unordered not-equal), as numpy's where does.
+    c, x, y = args
+    return b.select(b.fcmp_unordered("!=", c, _fconst(0.0)), x, y, name=f"v{node.id}")
+
+
+def _mul0(b, args, node, flags):
+    # z if z == 0 else z*y: a masked-out adjoint stays exactly 0 even when y is inf/NaN.
+    z, y = args
+    prod = b.fmul(z, y, flags=flags)
+    return b.select(b.fcmp_ordered("==", z, _fconst(0.0)), z, prod, name=f"v{node.id}")
+
+
+CUSTOM_LOWERINGS: dict[str, Callable] = {
+    "powi": _powi, "sign": _sign, "maximum": _maximum, "minimum": _minimum,
+    "lt": _compare("<"), "le": _compare("<="), "gt": _compare(">"), "ge": _compare(">="),
+    "eq": _compare("=="), "ne": _compare("!=", ordered=False), "where": _where,
+    "mul0": _mul0,
+}
+
+
+def is_lowerable(op: str) -> bool:
+    """Can ``codegen`` lower this op-table row?"""
+    low = OPS[op].lower
+    if op in ("const", "input"):
+        return True
+    if isinstance(low, Custom):
+        return op in CUSTOM_LOWERINGS
+    return isinstance(low, (Instr, Intrinsic, Libm))
+
+
+def _callee(module: ir.Module, low, arity: int) -> ir.Function:
+    fnty = ir.FunctionType(DOUBLE, [DOUBLE] * arity)
+    if isinstance(low, Intrinsic):
+        return module.declare_intrinsic(low.name, [DOUBLE], fnty=fnty)
+    fn = module.globals.get(low.name)
+    if fn is None:
+        # A libm extern, resolved from the process (libm is loaded by CPython).
+        fn = ir.Function(module, fnty, name=low.name)
+    return fn
+
+
+def lower_node(b: ir.IRBuilder, module: ir.Module, node: Node, args: list,
+               flags: tuple) -> ir.Value:
+    spec = OPS.get(node.op)
+    low = spec.lower
+    name = f"v{node.id}"
+    if isinstance(low, Instr):
+        if spec.arity == 1:
+            return getattr(b, low.name)(args[0], name=name, flags=flags)
+        return getattr(b, low.name)(*args, name=name, flags=flags)
+    if isinstance(low, (Intrinsic, Libm)):
+        return b.call(_callee(module, low, spec.arity), args, name=name, fastmath=flags)
+    custom = CUSTOM_LOWERINGS.get(node.op)
+    if custom is None:
+        raise NotImplementedError(f"no LLVM lowering for op {node.op!r} ({node.line()})")
+    return custom(b, args, node, flags)
+
+
+def emit_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node], name: str,
+                flags: tuple = ()) -> ir.Function:
+    """Emit ``void name(const double* in, i64 is, double* out, i64 os)`` for ``outputs``."""
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64])
+    fn = ir.Function(module, fnty, name=name)
+    in_ptr, in_stride, out_ptr, out_stride = fn.args
+    in_ptr.name, in_stride.name, out_ptr.name, out_stride.name = "in", "is", "out", "os"
+    for a in (in_ptr, out_ptr):
+        a.add_attribute("noalias")
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    index = {n: j for j, n in enumerate(graph.inputs)}
+    vals: dict[Node, ir.Value] = {}
+    for node in graph.live(outputs):
+        if node.op == "const":
+            vals[node] = _fconst(node.attrs[0])
+        elif node.op == "input":
+            j = index.get(node)
+            if j is None:
+                raise NotImplementedError(f"{node.line()} is a free variable, not a graph "
+                                          "input; only closed graphs can be compiled")
+            off = b.mul(in_stride, ir.Constant(I64, j))
+            vals[node] = b.load(b.gep(in_ptr, [off], source_etype=DOUBLE), typ=DOUBLE,
+                                name=f"v{node.id}")
+        else:
+            vals[node] = lower_node(b, module, node, [vals[a] for a in node.args], flags)
+    for k, o in enumerate(outputs):
+        off = b.mul(out_stride, ir.Constant(I64, k))
+        b.store(vals[o], b.gep(out_ptr, [off], source_etype=DOUBLE))
+    b.ret_void()
+    return fn
