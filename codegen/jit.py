@@ -30,7 +30,7 @@ from symad.errors import CodegenError
 # pipeline to O1 (see the module docstring).
 LARGE_GRAPH_NODES = 20_000
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 _STATE: dict = {}
 
 
@@ -65,16 +65,22 @@ def _start() -> dict:
         return _STATE
 
 
+def _create_tm(codegen_level: int):
+    st = _start()
+    return st["target"].create_target_machine(
+        cpu=st["cpu"], features=st["features"], opt=codegen_level,
+        codemodel="jitdefault", jit=True)
+
+
 def target_machine(codegen_level: int = 3):
-    """The process-wide target machine for a machine-code optimisation level (0..3)."""
+    """The shared target machine for a machine-code level (0..3): data layout, passes,
+    assembly. Engines get their own (an MCJIT engine takes ownership of its target
+    machine and disposes of it when the engine is freed)."""
     st = _start()
     with _LOCK:
         tm = st["tms"].get(codegen_level)
         if tm is None:
-            tm = st["target"].create_target_machine(
-                cpu=st["cpu"], features=st["features"], opt=codegen_level,
-                codemodel="jitdefault", jit=True)
-            st["tms"][codegen_level] = tm
+            tm = st["tms"][codegen_level] = _create_tm(codegen_level)
         return tm
 
 
@@ -150,7 +156,7 @@ def compile_module(module: ir.Module, symbols: list[str], *, speed_level: int = 
     optimized = str(llmod)
     t1 = time.perf_counter()
     try:
-        engine = llvm.create_mcjit_compiler(llmod, tm)
+        engine = llvm.create_mcjit_compiler(llmod, _create_tm(codegen_level))
         engine.finalize_object()
     except RuntimeError as exc:
         raise CodegenError(f"machine-code generation failed for @{main}: {exc}\n"
