@@ -88,8 +88,18 @@ def _flag(fn: Callable) -> Callable:
     return lambda x, y: np.asarray(fn(x, y), dtype=np.float64)
 
 
-def _sp_flag(rel: Callable) -> Callable:
-    return lambda x, y: sp.Piecewise((1, rel(x, y)), (0, True))
+# Comparisons in sympy as Heaviside steps, not Piecewise: sympy's Piecewise constructor
+# tries to solve its conditions, which can take minutes on large arguments.
+def _sp_step(d, at_zero):
+    return sp.Heaviside(d, at_zero)
+
+
+def _sp_lt(x, y): return _sp_step(y - x, 0)
+def _sp_le(x, y): return _sp_step(y - x, 1)
+def _sp_gt(x, y): return _sp_step(x - y, 0)
+def _sp_ge(x, y): return _sp_step(x - y, 1)
+def _sp_ne(x, y): return _sp_step(x - y, 0) + _sp_step(y - x, 0)
+def _sp_eq(x, y): return 1 - _sp_ne(x, y)
 
 
 def _half_tie(x, y, win):
@@ -184,29 +194,28 @@ OPS = op_table(
            lambda x, y, out: (_half_tie(x, y, lt), _half_tie(y, x, lt)), sp.Min, Custom(),
            selects=True, convention="minimum(x, y) at x == y: gradient split 1/2, 1/2"),
     # ---- comparisons (1.0 true, 0.0 false; NaN compares false except in ne) ----
-    OpSpec("lt", 2, _flag(np.less), lambda x, y, out: (None, None), _sp_flag(sp.Lt),
+    OpSpec("lt", 2, _flag(np.less), lambda x, y, out: (None, None), _sp_lt,
            Custom()),
-    OpSpec("le", 2, _flag(np.less_equal), lambda x, y, out: (None, None), _sp_flag(sp.Le),
+    OpSpec("le", 2, _flag(np.less_equal), lambda x, y, out: (None, None), _sp_le,
            Custom()),
-    OpSpec("gt", 2, _flag(np.greater), lambda x, y, out: (None, None), _sp_flag(sp.Gt),
+    OpSpec("gt", 2, _flag(np.greater), lambda x, y, out: (None, None), _sp_gt,
            Custom()),
     OpSpec("ge", 2, _flag(np.greater_equal), lambda x, y, out: (None, None),
-           _sp_flag(sp.Ge), Custom()),
-    OpSpec("eq", 2, _flag(np.equal), lambda x, y, out: (None, None), _sp_flag(sp.Eq),
+           _sp_ge, Custom()),
+    OpSpec("eq", 2, _flag(np.equal), lambda x, y, out: (None, None), _sp_eq,
            Custom(), commutative=True),
-    OpSpec("ne", 2, _flag(np.not_equal), lambda x, y, out: (None, None), _sp_flag(sp.Ne),
+    OpSpec("ne", 2, _flag(np.not_equal), lambda x, y, out: (None, None), _sp_ne,
            Custom(), commutative=True),
     # ---- selection ----
     # where(c, a, b) takes a where c != 0 (NaN counts as true, as in numpy). The branch
     # not taken gets an exact 0 adjoint even when its own partials are inf or NaN.
     OpSpec("where", 3, _where_np, lambda c, a, b, out: (None, ne(c, 0.0), eq(c, 0.0)),
-           lambda c, a, b: sp.Piecewise((a, sp.Ne(c, 0)), (b, True)), Custom(),
+           lambda c, a, b: b + (a - b) * _sp_ne(c, 0), Custom(),
            selects=True, convention="where: no gradient flows into the branch not taken"),
     # mul0(z, y) = z if z == 0 else z * y. AD uses it where z may be a masked-out
     # adjoint, so 0 * inf stays 0 instead of becoming NaN. It selects too: its own
     # derivatives must keep that zero exact, or Hessians of where(...) leak NaN again.
-    OpSpec("mul0", 2, _mul0_np, lambda z, y, out: (y, z),
-           lambda z, y: sp.Piecewise((0, sp.Eq(z, 0)), (z * y, True)), Custom(),
+    OpSpec("mul0", 2, _mul0_np, lambda z, y, out: (y, z), sp.Mul, Custom(),
            selects=True),
 )
 
