@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["symad.api", "symad.check", "symad.trace"]
+MODULES = ["symad.api", "symad.check", "symad.trace", "symad.sympy_bridge", "symad.dot"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -284,11 +284,3 @@ def test_to_dot_lists_every_live_node_and_edge():
     assert text.count("style=dashed") == 3                     # value and two gradients
     assert "x1" in text and "log" in text and "cos" in text
     assert "lightsalmon" in text or "#" in text     # adjoint nodes styled apart
-
-
-@pytest.mark.parametrize("name", ["symad.sympy_bridge", "symad.dot"])
-def test_docstring_examples(name):
-    import doctest
-    import importlib
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
