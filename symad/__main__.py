@@ -47,6 +47,76 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_function(target: str):
+    """``FILE.py:FUNC`` -> the function object."""
+    import importlib.util
+    import os
+
+    path, sep, name = target.rpartition(":")
+    if not sep or not path or not name:
+        raise SystemExit(f"symad ir: expected FILE.py:FUNC, got {target!r}")
+    if not os.path.exists(path):
+        raise SystemExit(f"symad ir: no file {path!r}")
+    spec = importlib.util.spec_from_file_location("_symad_user_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise SystemExit(f"symad ir: {path} defines no {name!r}") from None
+
+
+def _parse_args_spec(spec: str) -> tuple:
+    """``"2.0, [1, 2, 3]"`` -> (2.0, array([1., 2., 3.])): Python literals, lists as arrays."""
+    import ast
+
+    import numpy as np
+
+    try:
+        value = ast.literal_eval(f"({spec},)")
+    except (ValueError, SyntaxError) as e:
+        raise SystemExit(f"symad ir: --args must be Python literals, e.g. "
+                         f"--args '2.0, [1.0, 2.0]' ({e})") from None
+    return tuple(np.asarray(v, dtype=np.float64) if isinstance(v, list) else v for v in value)
+
+
+def ir(args: argparse.Namespace) -> int:
+    """Print a stage of a user's function: graph, adjoint graph, LLVM IR or assembly."""
+    import symad
+    from symad.api import trace_call
+
+    f = _load_function(args.target)
+    call_args = _parse_args_spec(args.args)
+    show = args.show
+    if show == "graph":
+        print(symad.trace(f, *call_args))
+    elif show == "grad":
+        print(trace_call(f, call_args, grad_argnums=tuple(range(len(call_args)))).graph)
+    else:
+        compiled = symad.compile_grad(f) if args.grad else symad.compile(f)
+        compiled(*call_args)
+        print({"ir": compiled.llvm_ir, "opt": compiled.optimized_ir, "asm": compiled.asm}[show])
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Run the side-by-side benchmark suite (needs a source checkout and the [bench] extra)."""
+    import os
+    import runpy
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for root in (os.getcwd(), here):
+        if os.path.isfile(os.path.join(root, "benchmarks", "__main__.py")):
+            sys.path.insert(0, root)
+            sys.argv = ["benchmarks", *args.rest]
+            runpy.run_module("benchmarks", run_name="__main__")
+            return 0
+    print("symad bench: the benchmark suite lives in the source repository's benchmarks/ "
+          "folder; run it from a checkout (pip install '.[bench]' && symad bench).",
+          file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="symad", description="symad: trace, differentiate and compile Python functions.")
@@ -55,6 +125,21 @@ def main(argv: list[str] | None = None) -> int:
                             description=demo.__doc__)
     p_demo.add_argument("--ir", action="store_true", help="also print the optimised LLVM IR")
     p_demo.set_defaults(run=demo)
+    p_ir = sub.add_parser("ir", help="print the graph, adjoint graph, LLVM IR or assembly of "
+                          "a function", description=ir.__doc__)
+    p_ir.add_argument("target", help="FILE.py:FUNC")
+    p_ir.add_argument("--args", required=True,
+                      help="example arguments as Python literals, e.g. '2.0, [1.0, 2.0]'")
+    p_ir.add_argument("--show", choices=["graph", "grad", "ir", "opt", "asm"], default="graph",
+                      help="graph: forward graph; grad: forward + adjoint graph; ir / opt: "
+                      "LLVM IR before / after optimisation; asm: native assembly")
+    p_ir.add_argument("--no-grad", dest="grad", action="store_false",
+                      help="for ir/opt/asm: compile the function alone, not value + gradient")
+    p_ir.set_defaults(run=ir)
+    p_bench = sub.add_parser("bench", help="run the benchmark suite", description=bench.__doc__)
+    p_bench.add_argument("rest", nargs=argparse.REMAINDER,
+                         help="arguments passed on to the benchmark runner")
+    p_bench.set_defaults(run=bench)
     args = parser.parse_args(argv)
     return args.run(args)
 
