@@ -14,6 +14,7 @@ imports llvmlite.
 from __future__ import annotations
 
 import collections
+import ctypes
 import functools
 import hashlib
 import numbers
@@ -33,6 +34,7 @@ _RECENT_MAX = 64
 _CACHE_LOCK = threading.Lock()
 _POOL = None
 _POOL_LOCK = threading.Lock()
+_ONE = ctypes.c_int64(1)
 
 
 class _Native:
@@ -84,7 +86,29 @@ def _leaf_info(leaf, path: str) -> tuple:
     return arr.shape
 
 
+_FLAT_TREEDEFS: dict[int, tuple] = {}
+
+
+def _flat_treedef(n: int) -> tuple:
+    td = _FLAT_TREEDEFS.get(n)
+    if td is None:
+        td = _FLAT_TREEDEFS[n] = ("tuple", (("leaf",),) * n)
+    return td
+
+
 def _flatten_call(args: tuple):
+    # Fast path for the common call: every argument a float or a numeric ndarray.
+    shapes = []
+    for a in args:
+        t = type(a)
+        if t is float:
+            shapes.append(())
+        elif t is np.ndarray and a.dtype.kind in "fiub":
+            shapes.append(a.shape)
+        else:
+            break
+    else:
+        return list(args), (_flat_treedef(len(args)), tuple(shapes))
     leaves, treedef, paths = tree_flatten(args, "")
     shapes = tuple(_leaf_info(leaf, p or "[0]") for leaf, p in zip(leaves, paths))
     return leaves, (treedef, shapes)
@@ -171,6 +195,7 @@ class _Specialization:
             self.grad_trees = [st.arg_trees[k] for k in nums]
             self.grad_shapes = [st.arg_shapes[k] for k in nums]
             self.grad_graph = graph
+            self._simple_grad = self.single and self.grad_trees[0] == ("leaf",)
             if all(s == () for shp in self.grad_shapes for s in shp) and \
                     all(td == ("leaf",) for td in self.grad_trees):
                 grad_spec = 1 if self.single else tuple(range(1, 1 + len(nums)))
@@ -181,6 +206,7 @@ class _Specialization:
             outputs = list(st.outputs)
             seconds["ad"] = 0.0
             self.grad_graph = None
+            self._simple_grad = False
             self._graph = graph
             self.out_tree, self.out_shapes = st.out_tree, st.out_shapes
             spec = _result_spec(st.out_tree, st.out_shapes, 0)
@@ -257,22 +283,32 @@ class _Specialization:
         loc = self._local
         bufs = getattr(loc, "bufs", None)
         if bufs is None:
+            # Per-thread buffers (calls from several threads never share one), with a
+            # view of the input buffer per array leaf so filling it is one copy.
             inb = np.zeros(max(self.n_in, 1))
             outb = np.zeros(max(self.n_out, 1))
-            bufs = loc.bufs = (inb, inb.ctypes.data, outb, outb.ctypes.data)
+            fill, pos = [], 0
+            for shape, n in zip(self.shapes, self.sizes):
+                fill.append(pos if shape == () else inb[pos:pos + n].reshape(shape))
+                pos += n
+            bufs = loc.bufs = (inb, ctypes.c_void_p(inb.ctypes.data), outb,
+                               ctypes.c_void_p(outb.ctypes.data), fill)
         return bufs
 
     def call(self, leaves: list):
-        inb, inaddr, outb, outaddr = self._buffers()
-        pos = 0
-        for leaf, shape, n in zip(leaves, self.shapes, self.sizes):
-            if shape == ():
-                inb[pos] = leaf
+        inb, inaddr, outb, outaddr, fill = self._buffers()
+        for leaf, dest in zip(leaves, fill):
+            if type(dest) is int:
+                inb[dest] = leaf
             else:
-                inb[pos:pos + n] = np.ravel(leaf)
-            pos += n
-        self.native.kernel(inaddr, 1, outaddr, 1)
-        return self._unpack(outb[:self.n_out].copy())
+                dest[...] = leaf
+        self.native.kernel(inaddr, _ONE, outaddr, _ONE)
+        flat = outb[:self.n_out].copy()
+        if self._simple_grad:       # one plain argument differentiated: skip the trees
+            shape = self.grad_shapes[0][0]
+            return float(flat[0]), (float(flat[1]) if shape == () else
+                                    flat[1:].reshape(shape))
+        return self._unpack(flat)
 
     def _unpack(self, flat: np.ndarray, n: int | None = None):
         leaf = _out_leaf if n is None else functools.partial(_batch_leaf, n=n)

@@ -348,3 +348,17 @@ def test_symad_ad_imports_without_llvmlite():
                          cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "6.0"
+
+
+def test_chunked_kernel_for_big_graphs(monkeypatch):
+    # Big graphs are split into chunk functions; force it on a small graph.
+    from codegen import lower
+    monkeypatch.setattr(lower, "CHUNK_NODES", 7)
+    f = symad.compile_grad(rosen, opt_level=(1, 0))
+    x = np.random.default_rng(5).uniform(-2, 2, 20)
+    value, grad = f(x)
+    assert ".chunk1" in f.llvm_ir
+    np.testing.assert_allclose(grad, rosen_grad(x), rtol=1e-11)
+    assert value == pytest.approx(rosen(x), rel=1e-13)
+    values, grads = f.batch(np.stack([x, x + 0.5]))
+    np.testing.assert_array_equal(grads[0], grad)
