@@ -18,6 +18,7 @@ import ctypes
 import functools
 import hashlib
 import numbers
+import os
 import threading
 import time
 import weakref
@@ -27,6 +28,26 @@ import numpy as np
 
 from .errors import SymadError
 from .tree import tree_flatten, tree_unflatten
+
+
+
+def _expose_source_backend() -> None:
+    """Let ``symad.codegen`` resolve to the repository's ``codegen/`` in a source checkout.
+
+    The LLVM back end is installed as ``symad.codegen``: a top-level ``codegen`` package
+    would collide with an unrelated PyPI project. In a checkout it is the top-level
+    ``codegen/`` folder; adding the checkout to ``symad.__path__`` finds it there without
+    importing it (llvmlite loads only when something is compiled).
+    """
+    import symad
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if (os.path.isfile(os.path.join(checkout, "codegen", "__init__.py"))
+            and not os.path.isdir(os.path.join(symad.__path__[0], "codegen"))
+            and checkout not in symad.__path__):
+        symad.__path__.append(checkout)
+
+
+_expose_source_backend()
 
 _CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> _Native
 _RECENT: collections.OrderedDict = collections.OrderedDict()  # strong refs, bounded LRU
@@ -41,7 +62,7 @@ class _Native:
     """Native code for one graph: the JIT module (owns the engine) and its entries."""
 
     def __init__(self, module, kernel_name: str, batch_name: str, py_name: str | None):
-        from codegen import abi
+        from symad.codegen import abi
         self.module = module
         self.kernel = abi.KERNEL_PROTO(module.addresses[kernel_name])
         self.batch = abi.BATCH_PROTO(module.addresses[batch_name])
@@ -218,7 +239,7 @@ class _Specialization:
         self._build_native(owner, graph, outputs, spec, seconds, nodes)
 
     def _build_native(self, owner, graph, outputs, spec, seconds, nodes) -> None:
-        from codegen import abi, jit, lower
+        from symad.codegen import abi, jit, lower
 
         flags = lower.fastmath_flags(owner._fastmath)
         if not abi.fast_entry_supported():

@@ -17,7 +17,7 @@ from symad.trace import apply
 
 pytest.importorskip("llvmlite")
 
-from codegen import is_lowerable  # noqa: E402
+from symad.codegen import is_lowerable  # noqa: E402
 
 SPECIALS = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 3.0, np.inf, -np.inf, np.nan,
                      1e308, -1e-310, 7.25])
@@ -331,7 +331,7 @@ def test_threads_call_concurrently():
 
 
 def test_large_graph_uses_cheap_codegen():
-    from codegen import jit
+    from symad.codegen import jit
     assert jit.choose_levels(jit.LARGE_GRAPH_NODES + 1, "auto") == (1, 0)
     assert jit.choose_levels(100, "auto") == (3, 3)
     f = symad.compile_grad(rosen, opt_level=0)
@@ -352,7 +352,7 @@ def test_symad_ad_imports_without_llvmlite():
 
 def test_chunked_kernel_for_big_graphs(monkeypatch):
     # Big graphs are split into chunk functions; force it on a small graph.
-    from codegen import lower
+    from symad.codegen import lower
     monkeypatch.setattr(lower, "CHUNK_NODES", 7)
     f = symad.compile_grad(rosen, opt_level=(1, 0))
     x = np.random.default_rng(5).uniform(-2, 2, 20)
@@ -362,3 +362,13 @@ def test_chunked_kernel_for_big_graphs(monkeypatch):
     assert value == pytest.approx(rosen(x), rel=1e-13)
     values, grads = f.batch(np.stack([x, x + 0.5]))
     np.testing.assert_array_equal(grads[0], grad)
+
+
+def test_backend_is_symad_codegen_not_a_top_level_package():
+    # A top-level "codegen" would collide with an unrelated PyPI project of that name.
+    import sys
+
+    import symad.codegen
+    symad.compile(lambda x: x * 2.0)(1.0)
+    assert symad.codegen.__name__ == "symad.codegen"
+    assert "codegen" not in sys.modules
