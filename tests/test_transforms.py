@@ -133,3 +133,36 @@ def test_jvp_errors():
         symad.jvp(f34, X3, X3)
     with pytest.raises(ValueError, match="shape"):
         symad.jvp(f34, (X3,), (np.ones(2),))
+
+
+def test_compiled_pytrees_and_composed_transformations():
+    rng = np.random.default_rng(5)
+    params = {"w": rng.standard_normal((3, 2)), "b": rng.standard_normal(3)}
+    data = rng.standard_normal((4, 2))
+
+    def loss(params, data):
+        return np.mean(np.tanh(data @ params["w"].T + params["b"]) ** 2)
+
+    value, (g, gdata) = symad.compile_grad(loss)(params, data)
+    ref_value, ref = symad.value_and_grad(loss)(params, data)
+    assert value == pytest.approx(float(ref_value), rel=1e-14)
+    assert set(g) == {"w", "b"} and g["w"].shape == (3, 2) and g["b"].shape == (3,)
+    np.testing.assert_allclose(g["w"], ref["w"], rtol=1e-13)
+    np.testing.assert_allclose(g["b"], ref["b"], rtol=1e-13)
+    gw = symad.compile_grad(loss, argnums=0)(params, data)[1]
+    np.testing.assert_allclose(gw["b"], ref["b"], rtol=1e-13)
+
+    def f(x):
+        return np.sum(np.sin(x) * x[::-1]) + x[0] ** 3
+
+    x = np.array([0.3, 0.2, -0.4])
+    np.testing.assert_allclose(symad.compile(symad.jacobian(symad.grad(f)))(x),
+                               symad.hessian(f)(x), rtol=1e-13)
+    v = np.array([0.5, -1.0, 2.0])
+    out, tan = symad.compile(lambda x: symad.jvp(f, (x,), (v,)))(x)
+    assert out == pytest.approx(f(x), rel=1e-14)
+    assert tan == pytest.approx(float(np.cos(x) * x[::-1] @ v + np.sin(x)[::-1] @ v
+                                      + 3 * x[0] ** 2 * v[0]), rel=1e-13)
+    jl = symad.compile(lambda pair: symad.jvp(lambda a, b: [a * b, (a + b,)], pair,
+                                              (1.0, 0.0)))((2.0, 3.0))
+    assert float(jl[1][0]) == 3.0 and float(jl[1][1][0]) == 1.0
