@@ -47,6 +47,19 @@ def _depends(graph: Graph, wrt: Sequence[Node], lo: int, hi: int) -> bytearray:
     return dep
 
 
+def _scale(node, spec, partial: Node, seed: Node, seed_masked: bool) -> tuple[Node, bool]:
+    """``seed * partial`` and whether the result may be a masked exact zero.
+
+    A selection's partial (0 for the branch not taken) or a seed that may be such a zero
+    multiplies with ``mul0``, so that zero stays exact against an inf or NaN factor.
+    """
+    if spec.selects:
+        return node("mul0", (partial, seed)), True
+    if seed_masked:
+        return node("mul0", (seed, partial)), True
+    return node("mul", (seed, partial)), False
+
+
 def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node | None],
               wrt: Sequence[Node]) -> list[Node | None]:
     """Reverse mode: the adjoint node of each ``wrt`` node (``None`` = structural zero).
@@ -81,15 +94,9 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
             for a, p in zip(n.args, parts):
                 if p is None or not dep[a.id]:
                     continue
-                p = _as_node(graph, p)
-                if spec.selects:
-                    contrib = node("mul0", (p, bar))
+                contrib, is_masked = _scale(node, spec, _as_node(graph, p), bar, n in masked)
+                if is_masked:
                     masked.add(a)
-                elif n in masked:
-                    contrib = node("mul0", (bar, p))
-                    masked.add(a)
-                else:
-                    contrib = node("mul", (bar, p))
                 prev = bars.get(a)
                 bars[a] = contrib if prev is None else node("add", (prev, contrib))
     finally:
@@ -120,15 +127,9 @@ def jvp_nodes(graph: Graph, outputs: Sequence[Node], wrt: Sequence[Node],
                 t = tans.get(a)
                 if t is None or p is None:
                     continue
-                p = _as_node(graph, p)
-                if spec.selects:
-                    term = node("mul0", (p, t))
+                term, is_masked = _scale(node, spec, _as_node(graph, p), t, a in masked)
+                if is_masked:
                     masked.add(n)
-                elif a in masked:
-                    term = node("mul0", (t, p))
-                    masked.add(n)
-                else:
-                    term = node("mul", (t, p))
                 acc = term if acc is None else node("add", (acc, term))
             if acc is not None:
                 tans[n] = acc
