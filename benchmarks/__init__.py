@@ -1,0 +1,1 @@
+"""symad's benchmark suite: ``python -m benchmarks`` (see benchmarks/runner.py)."""
