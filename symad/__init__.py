@@ -21,6 +21,7 @@ from .api import (
     where,
 )
 from .check import check_grad, numerical_grad
+from .trace import asarray
 from .compiled import CompiledFunction, compile, compile_grad
 from .errors import (
     CodegenError,
@@ -39,7 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "compile", "compile_grad", "CompiledFunction",
     "trace", "grad", "value_and_grad", "jvp", "vjp", "jacobian", "hessian", "hvp",
-    "numerical_grad", "check_grad", "where", "maximum", "minimum", "logistic", "softplus",
+    "numerical_grad", "check_grad", "where", "asarray", "maximum", "minimum", "logistic", "softplus",
     "Graph", "Node",
     "to_sympy", "from_sympy", "symbolic_grad", "swell_report",
     "SymadError", "TracingError", "ConcretizationError", "LeakedTracerError",

@@ -561,19 +561,26 @@ def where(cond, a, b):
 
 
 def maximum(a, b):
-    """Elementwise maximum; NaN propagates as in numpy; ties split the gradient evenly."""
-    return np.maximum(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) \
-        else _scalar("maximum", a, b)
+    """Elementwise maximum; NaN propagates as in numpy; ties split the gradient evenly.
+
+    Works on numbers, tracers and arrays, also plain object arrays of tracers such as
+    ``np.array([x, y])``, where ``np.maximum`` itself would need ``bool()`` of a tracer.
+
+    >>> maximum(1.0, 2.0)
+    2.0
+    """
+    return _elementwise("maximum", a, b)
 
 
 def minimum(a, b):
     """Elementwise minimum; NaN propagates as in numpy; ties split the gradient evenly."""
-    return np.minimum(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) \
-        else _scalar("minimum", a, b)
+    return _elementwise("minimum", a, b)
 
 
-def _scalar(op, *args):
-    from .trace import apply
+def _elementwise(op, *args):
+    from .trace import _ELEMENTWISE, _plain, _wrap, apply
+    if any(isinstance(a, np.ndarray) for a in args):
+        return _wrap(_ELEMENTWISE[op](*(_plain(a) for a in args)))
     return apply(op, args)
 
 

@@ -24,7 +24,9 @@ def _concrete_error(what: str) -> ConcretizationError:
         "computation for every input at once. Data-dependent Python control flow "
         "(`if x > 0:`, `while`, `float(x)`, `math.sin(x)`) cannot be traced: use "
         "symad.where(cond, a, b) to select values, numpy functions (np.sin) instead of "
-        "math functions, and make loop counts independent of traced values.")
+        "math functions, and make loop counts independent of traced values. (numpy asks "
+        "for bool() itself when it compares or takes the maximum of a plain object array "
+        "such as np.array([x, y]) of traced values: build it with symad.asarray([x, y]).)")
 
 
 def _binary_method(op: str, reflected_op: str | None = None):
@@ -288,6 +290,20 @@ def _array_function(func, args, kwargs):
     return impl(*args, **kwargs)
 
 
+def asarray(values) -> TracedArray | np.ndarray:
+    """An array of (possibly traced) numbers on which every numpy function symad supports
+    works, also comparisons and ``np.maximum``; plain ``np.array([x, y])`` of tracers is a
+    plain object array, on which numpy itself would ask for ``bool()`` of a tracer.
+
+    >>> asarray([1.0, 2.0])
+    array([1., 2.])
+    """
+    arr = np.asarray(values, dtype=object)
+    if any(isinstance(v, Tracer) for v in arr.reshape(-1)):
+        return arr.view(TracedArray)
+    return arr.astype(np.float64)
+
+
 def _plain(a):
     """A plain object ndarray for traced values (so numpy does not dispatch back to us)."""
     if isinstance(a, TracedArray):
@@ -366,6 +382,7 @@ _ELEMENTWISE = {name: np.frompyfunc(fn, fn.__code__.co_argcount, 1)
 
 
 def _where(cond, a=None, b=None):
+    """np.where / symad.where on arrays (also plain object arrays of tracers)."""
     if a is None or b is None:
         raise UnsupportedOpError("np.where(cond) with one argument returns indices, which "
                                  "depend on traced values; use np.where(cond, a, b)")

@@ -226,3 +226,21 @@ def test_unsupported_numpy_function_is_named():
         symad.grad(lambda x: np.sum(np.fft.fft(x)))(np.ones(4))
     with pytest.raises(symad.UnsupportedOpError, match="linalg.inv"):
         symad.grad(lambda x: np.sum(np.linalg.inv(x.reshape(2, 2))))(np.ones(4))
+
+
+def test_selection_on_plain_object_arrays_of_tracers():
+    # np.array([...]) of tracers is a plain object array: numpy's own maximum would need
+    # bool() of a tracer, symad.maximum works; symad.asarray makes numpy's work too.
+    with pytest.raises(symad.ConcretizationError, match=r"symad\.asarray"):
+        symad.grad(lambda x: np.sum(np.maximum(np.array([x[0], x[1]]), 0.0)))(np.ones(2))
+
+    def f(x):
+        v = np.array([x[0] * x[1], x[1] - 1.0])
+        w = symad.asarray([x[0] * x[1], x[1] - 1.0])
+        return np.sum(symad.maximum(v, 0.0) + np.where(w > 0.5, w, -w))
+
+    x = np.array([1.5, 0.7])
+    v = np.array([x[0] * x[1], x[1] - 1.0])
+    assert symad.value_and_grad(f)(x)[0] == pytest.approx(
+        np.sum(np.maximum(v, 0) + np.where(v > 0.5, v, -v)), rel=1e-15)
+    symad.check_grad(f, x)
