@@ -40,7 +40,8 @@ __version__ = "0.1.0"
 __all__ = [
     "compile", "compile_grad", "CompiledFunction",
     "trace", "grad", "value_and_grad", "jvp", "vjp", "jacobian", "hessian", "hvp",
-    "numerical_grad", "check_grad", "where", "asarray", "maximum", "minimum", "logistic", "softplus",
+    "numerical_grad", "check_grad",
+    "where", "asarray", "maximum", "minimum", "logistic", "softplus",
     "Graph", "Node",
     "to_sympy", "from_sympy", "symbolic_grad", "swell_report",
     "SymadError", "TracingError", "ConcretizationError", "LeakedTracerError",
