@@ -108,7 +108,10 @@ def markdown(doc) -> str:
          f"(total {meta.get('total_s', 0):.0f} s, budget {meta['budget_s']:g} s per "
          "problem and system; every pair measured in a fresh process).", "",
          f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-         f"{m['platform']}; C compiler: {m['cc'] or 'none'}.", "",
+         f"{m['platform']}; C compiler: {m['cc'] or 'none'}. Load average (1/5/15 min) "
+         f"at start {m.get('loadavg_start')}, at end {m.get('loadavg_end')}: a load above "
+         "the core count means other processes shared the CPUs and slowed every system "
+         "unevenly.", "",
          "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + ".", "",
          "Columns: **build** = trace + differentiate + compile + first call (library "
          "import excluded); **call** = median single-point value+gradient latency, ordinary "

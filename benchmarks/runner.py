@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -190,12 +191,17 @@ def run_pair(system: str, problem: str, budget_s: float) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.runner", "--worker", system, problem,
            str(budget_s)]
     t0 = time.perf_counter()
+    # A session of its own, so a timeout also ends the worker's children (a C compiler).
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=budget_s + 5)
+        stdout, stderr = proc.communicate(timeout=budget_s + 5)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return base | {"status": f"timeout (> {budget_s:g} s)",
                        "worker_s": time.perf_counter() - t0}
+    proc.stdout, proc.stderr = stdout, stderr
     marker = proc.stdout.rfind("@@RESULT@@")
     if marker < 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -265,6 +271,7 @@ def machine() -> dict:
         except OSError:
             cc = CC
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
             "memory_gib": round(mem, 1) if mem else None, "cc": cc}
 
 
@@ -358,6 +365,7 @@ def main(argv=None) -> int:
         print("compile-time scaling (symad):")
         scaling = run_scaling(sizes, a.scaling_budget, log=print)
     meta["total_s"] = round(time.perf_counter() - t0, 1)
+    meta["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     doc = {"meta": meta, "systems": {s: {"ordinary": SYSTEMS[s].ordinary,
                                          "fastest": SYSTEMS[s].fastest,
                                          "batching": SYSTEMS[s].batching}
