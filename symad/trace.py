@@ -374,6 +374,7 @@ UFUNCS = {
     "less": _binary("lt"), "less_equal": _binary("le"), "greater": _binary("gt"),
     "greater_equal": _binary("ge"), "equal": _binary("eq"), "not_equal": _binary("ne"),
     "hypot": lambda x, y: apply("sqrt", (x * x + y * y,)),
+    "erf": _unary("erf"),   # scipy.special.erf is a ufunc named "erf"
     "conjugate": lambda x: x,
 }
 

@@ -244,3 +244,12 @@ def test_selection_on_plain_object_arrays_of_tracers():
     assert symad.value_and_grad(f)(x)[0] == pytest.approx(
         np.sum(np.maximum(v, 0) + np.where(v > 0.5, v, -v)), rel=1e-15)
     symad.check_grad(f, x)
+
+
+def test_scipy_special_erf_traces():
+    from scipy.special import erf
+
+    g = symad.grad(lambda x: np.sum(erf(x)))(np.array([0.3, -1.2]))
+    np.testing.assert_allclose(g, 2 / np.sqrt(np.pi) * np.exp(-np.array([0.3, -1.2]) ** 2),
+                               rtol=1e-14)
+    assert symad.grad(lambda x: erf(x))(0.5) == pytest.approx(2 / np.sqrt(np.pi) * np.exp(-0.25))
