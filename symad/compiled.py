@@ -525,12 +525,18 @@ class CompiledFunction:
             threads: split the batch over this many threads (native code runs without
                 the GIL).
 
+        With a ``dask.array`` leaf the batch is lazy and distributed: one native batch
+        per chunk of points, results are dask arrays (see :mod:`symad.dask_batch`).
+
         Returns:
             Like a single call, with a leading axis N on every output leaf.
         """
         leaves, treedef, paths = tree_flatten(args, "")
         if not leaves:
             raise TypeError(f"{self.__name__}.batch needs at least one array argument")
+        if any(type(leaf).__module__.startswith("dask.") for leaf in leaves):
+            from .dask_batch import dask_batch   # lazy dask arrays in, lazy dask arrays out
+            return dask_batch(self, leaves, treedef, paths)
         arrays = []
         for leaf, path in zip(leaves, paths):
             shape = _leaf_info(leaf, path)
