@@ -22,7 +22,7 @@ from . import interp
 from .ad import jvp_nodes, vjp_nodes
 from .errors import SymadError, TracingError
 from .graph import Graph, Node
-from .trace import Tracer, TracedArray, as_float_array, new_input_leaf, output_nodes
+from .trace import TracedArray, Tracer, as_float_array, new_input_leaf, output_nodes
 from .tree import tree_flatten, tree_unflatten
 
 _LOCAL = threading.local()

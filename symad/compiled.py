@@ -535,7 +535,7 @@ class CompiledFunction:
         if not leaves:
             raise TypeError(f"{self.__name__}.batch needs at least one array argument")
         if any(type(leaf).__module__.startswith("dask.") for leaf in leaves):
-            from .dask_batch import dask_batch   # lazy dask arrays in, lazy dask arrays out
+            from .dask_batch import dask_batch  # lazy dask arrays in, lazy dask arrays out
             return dask_batch(self, leaves, treedef, paths)
         arrays = []
         for leaf, path in zip(leaves, paths):
