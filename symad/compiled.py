@@ -23,6 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,7 @@ def _flat_treedef(n: int) -> tuple:
 
 def _flatten_call(args: tuple):
     # Fast path for the common call: every argument a float or a numeric ndarray.
-    shapes = []
+    shapes: Any = []
     for a in args:
         t = type(a)
         if t is float:
@@ -169,6 +170,10 @@ def _batch_leaf(cols: np.ndarray, start: int, shape: tuple, n: int):
 
 class _Specialization:
     """One traced, differentiated and compiled signature of a CompiledFunction."""
+
+    _graph: Any
+    grad_graph: Any
+    _fwd_table: Any
 
     def __init__(self, owner: CompiledFunction, key, args: tuple):
         self.key = key
@@ -367,7 +372,7 @@ class _Specialization:
 
     @property
     def graph(self):
-        table = getattr(self, "_fwd_table", None)
+        table: Any = getattr(self, "_fwd_table", None)
         if self._graph is None and table is not None:   # unpickled: the forward part
             from .persist import graph_from_table
             g, outs = graph_from_table(table)

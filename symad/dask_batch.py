@@ -89,7 +89,7 @@ def dask_batch(compiled, leaves: list, treedef, paths: list):
     flat = da.blockwise(_Blocks(compiled, key), ("i", "j"), *pairs,
                         new_axes={"j": spec.n_out}, dtype=np.float64, concatenate=True)
 
-    def leaf(start: int, shape: tuple):
+    def out_leaf(start: int, shape: tuple):
         size = int(np.prod(shape, dtype=np.int64))
         if shape == ():
             return flat[:, start]
@@ -98,15 +98,15 @@ def dask_batch(compiled, leaves: list, treedef, paths: list):
     if spec.grad_graph is None:
         pos, out = 0, []
         for s in spec.out_shapes:
-            out.append(leaf(pos, s))
+            out.append(out_leaf(pos, s))
             pos += int(np.prod(s, dtype=np.int64))
         return tree_unflatten(spec.out_tree, out)
-    value = leaf(0, ())
+    value = out_leaf(0, ())
     pos, per_arg = 1, []
     for td, shps in zip(spec.grad_trees, spec.grad_shapes):
         out = []
         for s in shps:
-            out.append(leaf(pos, s))
+            out.append(out_leaf(pos, s))
             pos += int(np.prod(s, dtype=np.int64))
         per_arg.append(tree_unflatten(td, out))
     return value, (per_arg[0] if spec.single else tuple(per_arg))
