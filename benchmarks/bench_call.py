@@ -66,7 +66,8 @@ def main() -> None:
     x1, x2 = np.random.default_rng(1).uniform(0.5, 3, (2, n))
     f.batch(x1, x2)
     for threads in (None, 2):
-        t = min(timeit.repeat(lambda: f.batch(x1, x2, threads=threads), number=5, repeat=3)) / 5
+        t = min(timeit.repeat(lambda threads=threads: f.batch(x1, x2, threads=threads),
+                              number=5, repeat=3)) / 5
         print(f"baydin batch 1e5 points (threads={threads}): {t * 1e3:7.2f} ms  "
               f"({t / n * 1e9:5.1f} ns/point)")
     xs = np.random.default_rng(2).uniform(-2, 2, (n, 10))

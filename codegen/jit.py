@@ -129,6 +129,7 @@ class NativeModule:
     speed_level: int
     seconds: dict[str, float] = field(default_factory=dict)
     _asm: str | None = None
+    disk_cache: str | None = None     # "hit", "miss" or None (no on-disk cache in use)
 
     @property
     def asm(self) -> str:
@@ -141,8 +142,12 @@ class NativeModule:
 
 
 def compile_module(module: ir.Module, symbols: list[str], *, speed_level: int = 3,
-                   codegen_level: int = 3) -> NativeModule:
-    """Verify, optimise and JIT ``module``; return addresses of the emitted ``symbols``."""
+                   codegen_level: int = 3, on_object=None) -> NativeModule:
+    """Verify, optimise and JIT ``module``; return addresses of the emitted ``symbols``.
+
+    ``on_object(bytes)``, when given, receives the object code MCJIT generated (through
+    LLVM's object cache hook), for the on-disk compile cache.
+    """
     _start()
     text = str(module)
     main = symbols[0] if symbols else module.name
@@ -163,6 +168,8 @@ def compile_module(module: ir.Module, symbols: list[str], *, speed_level: int = 
     t1 = time.perf_counter()
     try:
         engine = llvm.create_mcjit_compiler(llmod, _create_tm(codegen_level))
+        if on_object is not None:
+            engine.set_object_cache(lambda _m, buf: on_object(bytes(buf)), lambda _m: None)
         engine.finalize_object()
     except RuntimeError as exc:
         raise CodegenError(f"machine-code generation failed for @{main}: {exc}\n"
@@ -180,6 +187,46 @@ def compile_module(module: ir.Module, symbols: list[str], *, speed_level: int = 
                         optimized_ir=optimized, codegen_level=codegen_level,
                         speed_level=speed_level,
                         seconds={"llvm_opt": t1 - t0, "machine_code": t2 - t1})
+
+
+def load_module(module: ir.Module, symbols: list[str], obj: bytes, optimized_ir: str, *,
+                speed_level: int, codegen_level: int) -> NativeModule:
+    """JIT ``module`` from previously generated object code (no optimisation, no codegen).
+
+    ``obj`` must come from :func:`compile_module`'s ``on_object`` for the same IR, target
+    and LLVM version (the caller's cache key guarantees it and checks its integrity): MCJIT
+    asks the object cache first and links the cached object instead of compiling.
+    """
+    _start()
+    text = str(module)
+    main = symbols[0] if symbols else module.name
+    t0 = time.perf_counter()
+    try:
+        llmod = llvm.parse_assembly(text)
+        engine = llvm.create_mcjit_compiler(llmod, _create_tm(codegen_level))
+        engine.set_object_cache(lambda _m, _buf: None, lambda _m: obj)
+        engine.finalize_object()
+    except RuntimeError as exc:
+        raise CodegenError(f"loading cached object code for @{main} failed: {exc}") from exc
+    emitted = {f.name for f in module.functions if not f.is_declaration}
+    addresses = {}
+    for name in symbols:
+        if name not in emitted:
+            raise CodegenError(f"@{name} is not defined by module {module.name!r}")
+        addresses[name] = engine.get_function_address(name)
+    t1 = time.perf_counter()
+    return NativeModule(engine=engine, addresses=addresses, llvm_ir=text,
+                        optimized_ir=optimized_ir, codegen_level=codegen_level,
+                        speed_level=speed_level,
+                        seconds={"llvm_opt": 0.0, "machine_code": t1 - t0},
+                        disk_cache="hit")
+
+
+def target_fingerprint() -> tuple:
+    """What object code depends on besides the IR: LLVM, target triple, CPU and features."""
+    st = _start()
+    return (llvmlite.__version__, tuple(llvm.llvm_version_info), st["triple"], st["cpu"],
+            st["features"])
 
 
 def pythonapi_address(name: str) -> int:

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from . import interp
 from .ad import jvp_nodes, vjp_nodes
 from .errors import SymadError, TracingError
 from .graph import Graph, Node
-from .trace import Tracer, TracedArray, as_float_array, new_input_leaf, output_nodes
+from .trace import TracedArray, Tracer, as_float_array, new_input_leaf, output_nodes
 from .tree import tree_flatten, tree_unflatten
 
 _LOCAL = threading.local()
@@ -112,7 +113,7 @@ class Staged:
     arg_shapes: list = field(default_factory=list)    # per argnum: list of leaf shapes
     variables: list[Node] = field(default_factory=list)
     actual: list = field(default_factory=list)        # nested: Node per variable; else value
-    out_tree: tuple | None = None
+    out_tree: Any = None
     out_shapes: list = field(default_factory=list)
     outputs: list[Node] = field(default_factory=list)
 
@@ -373,8 +374,8 @@ def jvp(f: Callable, primals: Sequence, tangents: Sequence):
         st = _stage(f, primals, tuple(range(len(primals))), ctx, name)
         tans = _tangent_nodes(st, tangents, "tangents")
         tan_out = jvp_nodes(graph, st.outputs, st.variables, tans)
-        tan_out = [t if t is not None else graph.const(0.0) for t in tan_out]
-        vals = _finish(st, list(st.outputs) + tan_out)
+        tan_nodes = [t if t is not None else graph.const(0.0) for t in tan_out]
+        vals = _finish(st, list(st.outputs) + tan_nodes)
     n = len(st.outputs)
     return _unflatten_out(st, vals[:n]), _unflatten_out(st, vals[n:])
 
@@ -498,7 +499,7 @@ def jacobian_nodes(graph: Graph, outputs: Sequence[Node], wrt: Sequence[Node],
             rows[i] = [b if b is not None else zero for b in bars]
     else:
         for j in range(n):
-            seed = [None] * n
+            seed: list[Node | None] = [None] * n
             seed[j] = one
             tans = jvp_nodes(graph, outputs, wrt, seed)
             for i, t in enumerate(tans):

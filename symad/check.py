@@ -29,7 +29,7 @@ def _flat(args) -> tuple[np.ndarray, Callable]:
     """Flatten a tuple of argument structures to one float64 vector and back."""
     leaves, td, paths = tree_flatten(tuple(args), "argument")
     arrays = []
-    for leaf, p in zip(leaves, paths):
+    for leaf in leaves:
         a = np.asarray(leaf, dtype=np.float64)
         arrays.append(a)
     shapes = [a.shape for a in arrays]

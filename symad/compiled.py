@@ -23,12 +23,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from . import diskcache, logs
 from .errors import SymadError
 from .tree import tree_flatten, tree_unflatten
-
 
 
 def _expose_source_backend() -> None:
@@ -119,7 +120,7 @@ def _flat_treedef(n: int) -> tuple:
 
 def _flatten_call(args: tuple):
     # Fast path for the common call: every argument a float or a numeric ndarray.
-    shapes = []
+    shapes: Any = []
     for a in args:
         t = type(a)
         if t is float:
@@ -170,6 +171,10 @@ def _batch_leaf(cols: np.ndarray, start: int, shape: tuple, n: int):
 class _Specialization:
     """One traced, differentiated and compiled signature of a CompiledFunction."""
 
+    _graph: Any
+    grad_graph: Any
+    _fwd_table: Any
+
     def __init__(self, owner: CompiledFunction, key, args: tuple):
         self.key = key
         self.treedef, self.shapes = key
@@ -192,6 +197,7 @@ class _Specialization:
         name = owner.__name__
         seconds = {}
         t0 = time.perf_counter()
+        logs.stage("trace")
         st = trace_call(self._f, args)
         graph = st.graph
         t1 = time.perf_counter()
@@ -206,6 +212,7 @@ class _Specialization:
             y = _scalar_output(st, name, "compile_grad")
             offsets = _slices([sum(_size(s) for s in shp) for shp in st.arg_shapes])
             wrt = [v for k in nums for v in st.variables[offsets[k]]]
+            logs.stage("ad", f"{nodes['trace']} nodes")
             with _tracing(graph, name):
                 bars = vjp_nodes(graph, [y], [graph.const(1.0)], wrt)
             outputs = [y] + [b if b is not None else graph.const(0.0) for b in bars]
@@ -241,7 +248,9 @@ class _Specialization:
     def _build_native(self, owner, graph, outputs, spec, seconds, nodes) -> None:
         from symad.codegen import abi, jit, lower
 
+
         flags = lower.fastmath_flags(owner._fastmath)
+        self._py_spec = spec     # kept for pickling: the restored copy emits the same entries
         if not abi.fast_entry_supported():
             spec = None
         live = len(graph.live(outputs))
@@ -255,6 +264,7 @@ class _Specialization:
         cached = native is not None
         if native is None:
             t0 = time.perf_counter()
+            logs.stage("lowering", f"{live} nodes")
             base = f"symad_{_safe_name(owner.__name__)}"
             module = jit.new_module(base)
             try:
@@ -268,8 +278,14 @@ class _Specialization:
                 abi.emit_py_entry(module, kernel, py_name, self.n_in, self.n_out, spec)
             seconds["lowering"] = time.perf_counter() - t0
             symbols = [f"{base}_kernel", f"{base}_batch"] + ([py_name] if py_name else [])
-            mod = jit.compile_module(module, symbols, speed_level=levels[0],
-                                     codegen_level=levels[1])
+            logs.stage("llvm", f"{live} nodes, O{levels[0]} IR, O{levels[1]} machine code")
+            folder = diskcache.cache_dir(owner._cache)
+            if folder is None:
+                mod = jit.compile_module(module, symbols, speed_level=levels[0],
+                                         codegen_level=levels[1])
+            else:
+                mod = diskcache.compile_module(folder, key, module, symbols,
+                                               speed_level=levels[0], codegen_level=levels[1])
             seconds.update(mod.seconds)
             native = _Native(mod, symbols[0], symbols[1], py_name)
             with _CACHE_LOCK:
@@ -290,10 +306,78 @@ class _Specialization:
         nodes["optimized_ir"] = _count_instructions(native.module.optimized_ir)
         self.stats = {"nodes": nodes, "seconds": seconds, "cached": cached,
                       "opt_level": {"ir": levels[0], "machine_code": levels[1]},
-                      "fastmath": flags}
+                      "fastmath": flags, "disk_cache": native.module.disk_cache}
+        logs.timings(owner.__name__, self.stats)
+
+    # ---- pickling (by graph, see symad.persist) -----------------------------------------
+    def _pickle_state(self) -> dict:
+        state = getattr(self, "_state", None)
+        if state is None:
+            graph = self.grad_graph if self.grad_graph is not None else self._graph
+            from .persist import graph_table
+            state = {"key": self.key, "table": graph_table(graph, self.outputs),
+                     "py_spec": self._py_spec, "grad": None, "out": None}
+            if self.grad_graph is not None:
+                state["grad"] = (self.grad_nums, self.single, self.grad_trees,
+                                 self.grad_shapes)
+            else:
+                state["out"] = (self.out_tree, self.out_shapes)
+            state["token"] = hashlib.sha256(repr(state).encode()).hexdigest()
+            self._state = state
+        return state
+
+    @classmethod
+    def _restore(cls, owner: CompiledFunction, state: dict) -> _Specialization:
+        from .persist import graph_from_table
+        self = cls.__new__(cls)
+        self.key = key = state["key"]
+        self.treedef, self.shapes = key
+        for shp in self.shapes:
+            if not (isinstance(shp, tuple) and all(isinstance(d, int) and d >= 0
+                                                   for d in shp)):
+                raise SymadError(f"cannot unpickle {owner.__name__}: bad shape {shp!r}")
+        self.sizes = [_size(s) for s in self.shapes]
+        self.n_in = sum(self.sizes)
+        self._owner_name = owner.__name__
+        self._example = tree_unflatten(
+            self.treedef, [0.0 if s == () else np.zeros(s) for s in self.shapes])
+        self._f = owner._f
+        self._local = threading.local()
+        self.fast = None
+        graph, outputs = graph_from_table(state["table"])
+        self.outputs, self.n_out = outputs, len(outputs)
+        if state["grad"] is not None:
+            self.grad_nums, self.single, self.grad_trees, self.grad_shapes = state["grad"]
+            self.grad_graph, self._graph = graph, None
+            self._fwd_table = state["table"]
+            self._simple_grad = self.single and self.grad_trees[0] == ("leaf",)
+            n_expected = 1 + sum(_size(s) for shp in self.grad_shapes for s in shp)
+        else:
+            self.grad_graph, self._graph, self._simple_grad = None, graph, False
+            self.out_tree, self.out_shapes = state["out"]
+            n_expected = sum(_size(s) for s in self.out_shapes)
+        if len(graph.inputs) != self.n_in or self.n_out != n_expected:
+            raise SymadError(f"cannot unpickle {owner.__name__}: the graph has "
+                             f"{len(graph.inputs)} inputs and {self.n_out} outputs, its "
+                             f"signature needs {self.n_in} and {n_expected}")
+        spec = state["py_spec"]
+        if spec is not None:
+            idx = tree_flatten(spec, "")[0]
+            if not all(isinstance(i, int) and 0 <= i < self.n_out for i in idx):
+                raise SymadError(f"cannot unpickle {owner.__name__}: bad result spec")
+        self._state = state
+        self._build_native(owner, graph, outputs, spec, {"trace": 0.0, "ad": 0.0},
+                           {"trace": len(graph.live(outputs))})
+        return self
 
     @property
     def graph(self):
+        table: Any = getattr(self, "_fwd_table", None)
+        if self._graph is None and table is not None:   # unpickled: the forward part
+            from .persist import graph_from_table
+            g, outs = graph_from_table(table)
+            g.outputs = outs[:1]
+            self._graph = g
         if self._graph is None:   # re-trace the forward function (the AD graph extends it)
             from .api import trace_call
             self._graph = trace_call(self._f, self._example).graph
@@ -396,7 +480,7 @@ class CompiledFunction:
     """
 
     def __init__(self, f: Callable, *, grad: bool, argnums=None, fastmath=False,
-                 opt_level="auto"):
+                 opt_level="auto", cache=None):
         if not callable(f):
             raise TypeError(f"expected a function to compile, got {type(f).__name__}")
         functools.update_wrapper(self, f)
@@ -405,6 +489,8 @@ class CompiledFunction:
         self._argnums = argnums
         self._fastmath = fastmath
         self._opt_level = opt_level
+        diskcache.cache_dir(cache)      # validates the option
+        self._cache = cache
         self._specs: dict = {}
         self._last: _Specialization | None = None
         self._lock = threading.RLock()
@@ -426,7 +512,10 @@ class CompiledFunction:
         with self._lock:
             spec = self._specs.get(key)
             if spec is None:
-                spec = _Specialization(self, key, args)
+                if isinstance(self._f, _Unavailable):
+                    raise self._f.error(key)
+                with logs.watch(self.__name__):
+                    spec = _Specialization(self, key, args)
                 self._specs[key] = spec
                 if spec.fast is not None and self._entry == self._slow_call:
                     self._entry = spec.fast
@@ -441,12 +530,18 @@ class CompiledFunction:
             threads: split the batch over this many threads (native code runs without
                 the GIL).
 
+        With a ``dask.array`` leaf the batch is lazy and distributed: one native batch
+        per chunk of points, results are dask arrays (see :mod:`symad.dask_batch`).
+
         Returns:
             Like a single call, with a leading axis N on every output leaf.
         """
         leaves, treedef, paths = tree_flatten(args, "")
         if not leaves:
             raise TypeError(f"{self.__name__}.batch needs at least one array argument")
+        if any(type(leaf).__module__.startswith("dask.") for leaf in leaves):
+            from .dask_batch import dask_batch  # lazy dask arrays in, lazy dask arrays out
+            return dask_batch(self, leaves, treedef, paths)
         arrays = []
         for leaf, path in zip(leaves, paths):
             shape = _leaf_info(leaf, path)
@@ -501,12 +596,105 @@ class CompiledFunction:
         machine_code) of the latest specialization."""
         return self._latest().stats
 
+    # ---- pickling: by graph and options, never by machine code ----------------------------
+    def __reduce__(self):
+        return (_restore_compiled, (self._pickle_state(),))
+
+    def _pickle_state(self) -> dict:
+        with self._lock:
+            specs = [spec._pickle_state() for spec in self._specs.values()]
+            last = self._last.key if self._last is not None else None
+        function = _pickle_function(self._f)
+        options = (self.__name__, self._grad, self._argnums, self._fastmath,
+                   self._opt_level, self._cache)
+        token = hashlib.sha256(repr((options, function, [s["token"] for s in specs])
+                                    ).encode()).hexdigest()
+        return {"format": _PICKLE_FORMAT, "options": options, "function": function,
+                "specs": specs, "last": last, "token": token}
+
     def __repr__(self) -> str:
         kind = "compile_grad" if self._grad else "compile"
         return f"<symad {kind} {self.__name__}: {len(self._specs)} specialization(s)>"
 
 
-def compile(f: Callable, *, fastmath=False, opt_level="auto") -> CompiledFunction:  # noqa: A001
+_PICKLE_FORMAT = 1
+_RESTORED: collections.OrderedDict = collections.OrderedDict()   # token -> CompiledFunction
+_RESTORED_MAX = 32
+
+
+class _Unavailable:
+    """Stands in for the Python function of an unpickled CompiledFunction that came
+    without it (a lambda or a local function cannot be pickled by reference)."""
+
+    def __init__(self, name: str, reason: str, signatures: list):
+        self.__name__ = self.__qualname__ = name
+        self.reason = reason
+        self.signatures = signatures
+
+    def error(self, key) -> SymadError:
+        shapes = [list(k[1]) for k in self.signatures]
+        return SymadError(
+            f"{self.__name__} was unpickled without its Python function ({self.reason}): "
+            f"it runs the argument shapes it was compiled for ({shapes}) but cannot trace "
+            f"new ones (asked for {list(key[1])}). Define the function at module level in "
+            "an importable module, or call it once with these shapes before pickling.")
+
+    def __call__(self, *args):
+        raise self.error(((), tuple(np.shape(a) for a in args)))
+
+
+def _pickle_function(f) -> bytes | None:
+    """``f`` pickled by reference when possible (importable functions), else None."""
+    if isinstance(f, _Unavailable):
+        return None
+    import pickle
+    try:
+        return pickle.dumps(f)
+    except Exception:  # noqa: BLE001 (lambdas, closures, local functions: pickle as data)
+        return None
+
+
+def _restore_compiled(state: dict) -> CompiledFunction:
+    """Rebuild a CompiledFunction from its pickled graphs (compiles or hits the caches)."""
+    import pickle
+    if not isinstance(state, dict) or state.get("format") != _PICKLE_FORMAT:
+        raise SymadError("cannot unpickle a symad compiled function: unknown format "
+                         "(pickled by another symad version?)")
+    token = state["token"]
+    with _CACHE_LOCK:
+        hit = _RESTORED.get(token)
+        if hit is not None:
+            _RESTORED.move_to_end(token)
+            return hit
+    name, grad, argnums, fastmath, opt_level, cache = state["options"]
+    f = None
+    reason = "it was not picklable by reference"
+    if state["function"] is not None:
+        try:
+            f = pickle.loads(state["function"])
+        except Exception as exc:  # noqa: BLE001 (e.g. defined in another process's __main__)
+            reason = f"it could not be imported here: {type(exc).__name__}: {exc}"
+    if f is None:
+        f = _Unavailable(name, reason, [s["key"] for s in state["specs"]])
+    cf = CompiledFunction(f, grad=grad, argnums=argnums, fastmath=fastmath,
+                          opt_level=opt_level, cache=cache)
+    cf.__name__ = name
+    for sstate in state["specs"]:
+        spec = _Specialization._restore(cf, sstate)
+        cf._specs[spec.key] = spec
+        if spec.fast is not None and cf._entry == cf._slow_call:
+            cf._entry = spec.fast
+        if spec.key == state["last"]:
+            cf._last = spec
+    with _CACHE_LOCK:
+        _RESTORED[token] = cf
+        while len(_RESTORED) > _RESTORED_MAX:
+            _RESTORED.popitem(last=False)
+    return cf
+
+
+def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001
+            cache=None) -> CompiledFunction:
     """Compile any traceable function to native code.
 
     Args:
@@ -515,6 +703,9 @@ def compile(f: Callable, *, fastmath=False, opt_level="auto") -> CompiledFunctio
             never ``nnan``/``ninf``) or an explicit tuple of LLVM fast-math flags.
         opt_level: 0..3, or ``"auto"`` (O3, falling back to cheap code generation for
             very large graphs).
+        cache: the on-disk compile cache (:mod:`symad.diskcache`): ``None`` follows the
+            environment variable ``SYMAD_CACHE_DIR``, ``True`` enables it, ``False``
+            disables it, a path names its folder.
 
     Returns:
         A :class:`CompiledFunction` returning ``f``'s output structure.
@@ -524,11 +715,12 @@ def compile(f: Callable, *, fastmath=False, opt_level="auto") -> CompiledFunctio
     >>> round(g(1.0, 2.0), 12)
     1.682941969616
     """
-    return CompiledFunction(f, grad=False, fastmath=fastmath, opt_level=opt_level)
+    return CompiledFunction(f, grad=False, fastmath=fastmath, opt_level=opt_level,
+                            cache=cache)
 
 
 def compile_grad(f: Callable | None = None, *, argnums=None, fastmath=False,
-                 opt_level="auto"):
+                 opt_level="auto", cache=None):
     """Compile ``f`` and its gradient into one native function returning both.
 
     Usable bare (``@compile_grad``) or with options (``@compile_grad(argnums=0)``).
@@ -537,7 +729,7 @@ def compile_grad(f: Callable | None = None, *, argnums=None, fastmath=False,
         f: a function returning one scalar.
         argnums: ``None`` (all positional arguments: one argument gives its gradient
             bare, several a tuple), an int (that argument's gradient, bare) or a tuple.
-        fastmath, opt_level: as for :func:`compile`.
+        fastmath, opt_level, cache: as for :func:`compile`.
 
     Returns:
         A :class:`CompiledFunction`; calling it returns ``(value, gradient)``.
@@ -552,5 +744,5 @@ def compile_grad(f: Callable | None = None, *, argnums=None, fastmath=False,
     """
     def wrap(fn):
         return CompiledFunction(fn, grad=True, argnums=argnums, fastmath=fastmath,
-                                opt_level=opt_level)
+                                opt_level=opt_level, cache=cache)
     return wrap if f is None else wrap(f)

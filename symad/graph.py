@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -89,8 +90,8 @@ class Graph:
         self._table: dict[tuple, Node] = {}
         self._open = 0  # >0 while a trace or an AD pass may add nodes through tracers
         # Pytree structure of the traced function (set by trace); shapes of arg/out leaves.
-        self.in_tree = None
-        self.out_tree = None
+        self.in_tree: Any = None
+        self.out_tree: Any = None
 
     # ---- construction -------------------------------------------------------------
     def _intern(self, key: tuple, op: str, args: tuple, attrs: tuple) -> Node:

@@ -164,7 +164,7 @@ def test_inspection():
         return baydin(x1, x2)
 
     with pytest.raises(symad.SymadError, match="call it once"):
-        f.llvm_ir
+        _ = f.llvm_ir
     f(2.0, 5.0)
     # Native code is shared by graph structure, so the name may be another function's
     # with the same graph (test_baydin_compile_grad's).

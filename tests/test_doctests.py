@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["symad.api", "symad.check", "symad.trace", "symad.sympy_bridge", "symad.dot"]
+MODULES = ["symad.api", "symad.check", "symad.trace", "symad.sympy_bridge", "symad.dot",
+           "symad.compiled"]
 
 
 @pytest.mark.parametrize("name", MODULES)
