@@ -58,8 +58,9 @@ def numpy_namespace():
 
 def symad_namespace():
     """numpy, plus symad's erf op (symad has no public erf; see the report)."""
-    from symad.trace import Tracer, TracedArray, apply
     import scipy.special
+
+    from symad.trace import TracedArray, Tracer, apply
 
     def erf(x):
         if isinstance(x, TracedArray):

@@ -141,19 +141,19 @@ def measure(system: str, problem: str, budget_s: float) -> dict:
             out["skipped"][f"batch_{key}"] = "budget"
             continue
         X = prob.sampler(rng, N)
-        run = step(f"batch_{key}_prep", lambda: impl.batch(X))
+        run = step(f"batch_{key}_prep", lambda X=X: impl.batch(X))
         if run is None:
             continue
-        t = step(f"batch_{key}", lambda: time_once(run, 3 if N <= 10_000 else 1,
-                                                   max(per, 0.2)))
+        t = step(f"batch_{key}", lambda run=run, N=N: time_once(
+            run, 3 if N <= 10_000 else 1, max(per, 0.2)))
         del run
         if t is None:
             continue
         out["batch"][key] = N / t
         est = t / N if est is None else max(est, t / N)
         if vals and left() > 0:
-            vrun = step(f"batch_value_{key}", lambda: vals[1](X))
-            tv = step(f"batch_value_{key}", lambda: time_once(
+            vrun = step(f"batch_value_{key}", lambda X=X: vals[1](X))
+            tv = step(f"batch_value_{key}", lambda vrun=vrun, N=N: time_once(
                 vrun, 3 if N <= 10_000 else 1, max(per, 0.2))) if vrun else None
             if tv:
                 out["batch_value"][key] = N / tv

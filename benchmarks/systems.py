@@ -419,7 +419,6 @@ def _numba_kernels(p: Problem):
 
 def build_numba(p: Problem) -> Impl:
     import numpy as np_
-
     from numba import njit
     vg, val = _numba_kernels(p)
 

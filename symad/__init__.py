@@ -21,7 +21,6 @@ from .api import (
     where,
 )
 from .check import check_grad, numerical_grad
-from .trace import asarray
 from .compiled import CompiledFunction, compile, compile_grad
 from .errors import (
     CodegenError,
@@ -34,6 +33,7 @@ from .errors import (
 )
 from .graph import Graph, Node
 from .sympy_bridge import from_sympy, swell_report, symbolic_grad, to_sympy
+from .trace import asarray
 
 __version__ = "0.1.0"
 
