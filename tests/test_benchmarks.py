@@ -6,10 +6,14 @@ systems of the [bench] extra need not be installed: a missing one must be report
 """
 
 import json
+import os
+import sys
 
 import pytest
 
 pytest.importorskip("llvmlite")
+# benchmarks/ is not installed with symad: import it from the checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import runner  # noqa: E402
 from benchmarks.problems import PROBLEMS, SMALLEST  # noqa: E402
