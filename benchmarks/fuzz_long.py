@@ -25,8 +25,11 @@ def main(n: int = 1000, first: int = 0) -> int:
     mismatches = []
     t0 = time.perf_counter()
     for seed in range(first, first + n):
-        mismatches += check_program(seed, stats=stats)
-        mismatches += check_program(seed, raw=True, use_sympy=False, stats=raw_stats)
+        found = check_program(seed, stats=stats)
+        found += check_program(seed, raw=True, use_sympy=False, stats=raw_stats)
+        for m in found:
+            print("MISMATCH " + m, flush=True)
+        mismatches += found
         if (seed - first + 1) % 100 == 0:
             print(f"  {seed - first + 1} seeds, {len(mismatches)} mismatches, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)

@@ -194,6 +194,13 @@ def check_program(seed: int, *, raw=False, use_sympy=True, hessian=True,
         except _TooSlow:
             count("sympy_too_slow")
             return bad
+        except ValueError as exc:
+            # sympy leaves some derivatives unevaluated (d/dx of a function of a non-
+            # symbol, e.g. from Abs or piecewise pieces): no exact reference here.
+            if "Derivative" not in str(exc):
+                raise
+            count("sympy_unevaluated")
+            return bad
         for name, got, want, rt, at in (("value", v_c, v_e, 1e-9, 1e-12),
                                         ("grad", g_c, g_e, 1e-9, 1e-11)):
             if not np.allclose(got, want, rtol=rt, atol=at):
