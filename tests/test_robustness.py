@@ -149,3 +149,41 @@ def test_engines_of_dropped_functions_are_freed():
     # number of pipelines built, not with engines kept); engines themselves are freed.
     # Keeping all 300 engines alive would add well over this bound.
     assert growth < 80, f"RSS grew {growth:.1f} MiB over {n} compilations"
+
+
+# ---- scale -------------------------------------------------------------------------------
+
+def test_big_graph_compiles_in_chunks_without_recursion():
+    import sys
+    import time
+
+    from symad.codegen import jit, lower
+
+    def chain(x):
+        vals = [x[i] for i in range(8)]
+        for i in range(2_500):
+            a, b = vals[-1], vals[(i * 7919) % len(vals)]
+            vals.append(np.sin(a) * b if i % 2 else a * 0.5 + np.tanh(b))
+        return vals[-1] + vals[-2]
+
+    f = symad.compile_grad(chain)
+    x = np.linspace(-1, 1, 8)
+    old = sys.getrecursionlimit()
+    t0 = time.perf_counter()
+    sys.setrecursionlimit(400)           # the graph is 2,500 deep: no stage may recurse
+    try:
+        v, g = f(x)
+    finally:
+        sys.setrecursionlimit(old)
+    wall = time.perf_counter() - t0
+    st = f.stats
+    n_ops = st["nodes"]["ad"]
+    assert n_ops > jit.LARGE_GRAPH_NODES
+    assert (st["opt_level"]["ir"], st["opt_level"]["machine_code"]) == (1, 0)
+    n_chunks = sum(1 for line in f.llvm_ir.splitlines() if line.startswith("define")
+                   and ".chunk" in line)
+    assert n_chunks >= n_ops // lower.CHUNK_NODES - 1
+    v_i, g_i = symad.value_and_grad(chain)(x)
+    assert v == pytest.approx(v_i, rel=1e-12)
+    np.testing.assert_allclose(g, g_i, rtol=1e-10, atol=1e-13)
+    assert wall < 120                    # sanity cap only (about 3 s here)
