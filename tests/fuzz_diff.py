@@ -142,6 +142,19 @@ def check_program(seed: int, *, raw=False, use_sympy=True, hessian=True,
     # programs cancellation can amplify that, so raw compares finite parts loosely and
     # the NaN/inf pattern exactly.
     rtol, atol = (1e-6, 1e-9) if raw else (1e-11, 1e-13)
+    sympy_rtol = 1e-9
+    if not raw and np.all(np.isfinite(g_i)):
+        # Ill-conditioned programs (cancellation next to a pole, e.g. seed 1598: a div
+        # whose squashed denominator is ~1e-3 from a difference of O(1) terms) amplify
+        # last-ulp differences between glibc and numpy's own exp/sinh. Measure the
+        # amplification by moving x a few ulps and widen tolerances by it.
+        with np.errstate(all="ignore"):
+            v_p, g_p = symad.value_and_grad(f)(x + 4e-16 * np.maximum(1.0, np.abs(x)))
+        amp = np.max(np.abs(np.append(g_p - g_i, v_p - v_i)) /
+                     (1e-300 + np.abs(np.append(g_i, v_i)))) / 4e-16
+        if amp > 1e3:
+            count("ill_conditioned")
+            rtol = sympy_rtol = min(1e-6, max(rtol, 1e-15 * amp))
     if not _same_ieee(v_c, v_i, rtol, atol):
         bad.append(f"compiled value {v_c!r} != interpreter {v_i!r}: {tag}")
     if not _same_ieee(g_c, g_i, rtol, atol):
@@ -201,8 +214,8 @@ def check_program(seed: int, *, raw=False, use_sympy=True, hessian=True,
                 raise
             count("sympy_unevaluated")
             return bad
-        for name, got, want, rt, at in (("value", v_c, v_e, 1e-9, 1e-12),
-                                        ("grad", g_c, g_e, 1e-9, 1e-11)):
+        for name, got, want, rt, at in (("value", v_c, v_e, sympy_rtol, 1e-12),
+                                        ("grad", g_c, g_e, sympy_rtol, 1e-11)):
             if not np.allclose(got, want, rtol=rt, atol=at):
                 bad.append(f"compiled {name} {got} vs sympy {want}: {tag}")
         count("sympy_grad")
