@@ -40,6 +40,7 @@ def test_compiled_nan_inf_pattern_is_numpys(seed):
 def test_fuzz_checker_can_fail(monkeypatch):
     # A wrong lowering must be caught: make every compiled sin return cos.
     from symad.codegen import lower
+
     from symad.ops import OPS
     monkeypatch.setitem(OPS, "sin", OPS["sin"].__class__(
         **{**{f: getattr(OPS["sin"], f) for f in OPS["sin"].__dataclass_fields__},
