@@ -46,9 +46,10 @@ _FLOAT_VALUE_OFFSET = 16
 
 
 def batch_tile(n_in: int, n_out: int) -> int:
-    """Points per tile: the input and output tiles together stay near 32 KiB (L1)."""
+    """Points per tile (a multiple of 8): the input and output tiles together stay near
+    32 KiB (L1)."""
     t = 4096 // max(n_in + n_out, 1)
-    tile = 4
+    tile = 8
     while tile * 2 <= min(t, 256):
         tile *= 2
     return tile
@@ -105,8 +106,22 @@ def _copy_leaves(b, leaves, sizes, tile, i0, m, tile_buf, to_tile: bool):
         off += size
 
 
-def emit_batch(module: ir.Module, kernel: ir.Function, name: str, in_sizes, out_sizes
-               ) -> ir.Function:
+def emit_kernel_entry(module: ir.Module, body: ir.Function, name: str) -> ir.Function:
+    """The exported point kernel: a call to ``body``, which is internal and
+    ``alwaysinline`` so that the batch loop gets its own inlined (vectorisable) copy
+    however big it is, while the Python entry calls this one copy."""
+    body.attributes.add("alwaysinline")
+    body.linkage = "internal"
+    fn = ir.Function(module, body.function_type, name=name)
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.call(body, list(fn.args))
+    b.ret_void()
+    return fn
+
+
+def emit_batch(module: ir.Module, kernel: ir.Function, name: str, in_sizes, out_sizes,
+               vector_kernel: ir.Function | None = None, width: int = 4) -> ir.Function:
     """``void name(double** ins, double** outs, i64 start, i64 end, double* scratch)``.
 
     Input leaf ``k`` is a C-order array with ``in_sizes[k]`` doubles per point (its
@@ -114,6 +129,8 @@ def emit_batch(module: ir.Module, kernel: ir.Function, name: str, in_sizes, out_
     tile by tile: gather a tile into column-major scratch (``batch_tile`` points of
     ``n_in + n_out`` doubles), run the kernel over it (inlined and vectorised: its strides
     are the constant tile size), scatter the outputs. No copy of the caller's arrays.
+    With ``vector_kernel`` (``width`` points per call, see ``lower.emit_vector_kernel``)
+    whole groups of ``width`` points use it and only the tail runs the scalar kernel.
     """
     n_in, n_out = sum(in_sizes), sum(out_sizes)
     tile = batch_tile(n_in, n_out)
@@ -136,9 +153,19 @@ def emit_batch(module: ir.Module, kernel: ir.Function, name: str, in_sizes, out_
         left = b.sub(end, i0)
         m = b.select(b.icmp_signed("<", left, t), left, t, name="m")
         _copy_leaves(b, ins, in_sizes, tile, i0, m, tile_in, True)
-        _loop(b, ir.Constant(I64, 0), m, lambda b, i: b.call(kernel, [
-            b.gep(tile_in, [i], source_etype=DOUBLE), t,
-            b.gep(tile_out, [i], source_etype=DOUBLE), t]), "pt")
+        # Always a whole tile (a constant trip count, a multiple of the vector width, so
+        # no scalar epilogue): points past ``m`` in the last tile compute on stale
+        # scratch and are never copied out.
+        if vector_kernel is not None:
+            w = ir.Constant(I64, width)
+            _loop(b, ir.Constant(I64, 0), ir.Constant(I64, tile // width),
+                  lambda b, v: b.call(vector_kernel, [
+                      b.gep(tile_in, [b.mul(v, w)], source_etype=DOUBLE), t,
+                      b.gep(tile_out, [b.mul(v, w)], source_etype=DOUBLE), t]), "vec")
+        else:
+            _loop(b, ir.Constant(I64, 0), t, lambda b, i: b.call(kernel, [
+                b.gep(tile_in, [i], source_etype=DOUBLE), t,
+                b.gep(tile_out, [i], source_etype=DOUBLE), t]), "pt")
         _copy_leaves(b, outs, out_sizes, tile, i0, m, tile_out, False)
 
     _loop(b, ir.Constant(I64, 0), n_tiles, per_tile, "tile")
@@ -173,7 +200,7 @@ _PyBUF_RECORDS_RO = 0x001C          # PyBUF_STRIDES | PyBUF_FORMAT, read-only is
 
 # The entry keeps its input and output doubles on the C stack; above this many it is not
 # emitted (the ctypes path costs microseconds, but such a call costs far more anyway).
-MAX_STACK_DOUBLES = 32_768
+MAX_STACK_DOUBLES = 16_384
 
 # Slots of the entry's ``self`` tuple: the Python fallback, numpy.empty, then one shape
 # tuple per array output.

@@ -266,10 +266,19 @@ class _Specialization:
             base = f"symad_{_safe_name(owner.__name__)}"
             module = jit.new_module(base)
             try:
-                kernel = lower.emit_kernel(module, graph, outputs, f"{base}_kernel", flags)
+                body = lower.emit_kernel(module, graph, outputs, f"{base}_kernel.body",
+                                         flags)
             except NotImplementedError as exc:
                 raise SymadError(f"cannot compile {owner.__name__}: {exc}") from exc
-            abi.emit_batch(module, kernel, f"{base}_batch", *leaf_sizes)
+            kernel = abi.emit_kernel_entry(module, body, f"{base}_kernel")
+            vector = None
+            if ("afn" in flags or "fast" in flags) \
+                    and live <= lower.CHUNK_NODES and jit.vector_math_available(
+                        lower.vector_symbols(graph, outputs)):
+                # Vector math (libmvec) only under fast-math: a few ulp from scalar libm.
+                vector = lower.emit_vector_kernel(module, graph, outputs,
+                                                  f"{base}_kernel4", flags)
+            abi.emit_batch(module, body, f"{base}_batch", *leaf_sizes, vector)
             py_name = None
             if spec is not None:
                 py_name = f"{base}_py"
@@ -368,7 +377,7 @@ class _Specialization:
         out_ptrs = np.array([a.__array_interface__["data"][0] for a in outs], dtype=np.uintp)
         per = (self.n_in + self.n_out) * batch_tile(self.n_in, self.n_out)
         chunks = _batch_chunks(n, self.n_nodes, threads)
-        scratch = np.empty(max(per * chunks, 1))
+        scratch = np.zeros(max(per * chunks, 1))   # zeros: no denormal garbage
         fn = self.native.batch
         ip, op, sp = (in_ptrs.ctypes.data, out_ptrs.ctypes.data,
                       scratch.__array_interface__["data"][0])
