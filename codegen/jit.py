@@ -32,8 +32,13 @@ from symad.errors import CodegenError
 # Up to 10k nodes full O3 pays (the kernel is also inlined into the batch loop and
 # vectorised there): Rosenbrock n=1000 value (9k nodes) builds in 3.5-4.9 s at O3/O3 in
 # one function against 7.8 s at O2/O1 in 4k-node chunks, and calls in 2.0 vs 2.6 us.
-MEDIUM_GRAPH_NODES = 10_000    # above: IR O2, machine code O1
-LARGE_GRAPH_NODES = 14_000     # above: IR O1, machine code O0 (near-linear compile time)
+# Above 10k nodes kernels are split into chunk functions (lower.CHUNK_NODES), so machine
+# code time is linear in the graph at any level; O1 then costs ~2.5x O0 to build and runs
+# 1.5x faster (Lennard-Jones 64 value+grad, 83k nodes: build 6.4 -> 16.5 s, call 24.6 ->
+# 14.0 us, batch 22.8 -> 14.7 us/point; JAX's jit needs ~25 s for Lennard-Jones 16).
+# IR O2 adds little there (opt 0.4 -> 6.1 s on Rosenbrock n=1000, same call time).
+MEDIUM_GRAPH_NODES = 10_000    # above: IR O1, machine code O1 (chunked)
+LARGE_GRAPH_NODES = 150_000    # above: IR O1, machine code O0 (cheapest linear build)
 
 _LOCK = threading.RLock()
 _STATE: dict = {}
@@ -133,7 +138,7 @@ def choose_levels(n_nodes: int, opt_level) -> tuple[int, int]:
     if opt_level in (None, "auto"):
         if n_nodes > LARGE_GRAPH_NODES:
             return 1, 0
-        return (2, 1) if n_nodes > MEDIUM_GRAPH_NODES else (3, 3)
+        return (1, 1) if n_nodes > MEDIUM_GRAPH_NODES else (3, 3)
     levels = opt_level if isinstance(opt_level, tuple) else (opt_level, opt_level)
     if len(levels) != 2 or any(lv not in (0, 1, 2, 3) for lv in levels):
         raise ValueError(f"opt_level must be 0..3, a pair (IR level, machine-code level) "

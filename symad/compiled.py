@@ -404,7 +404,7 @@ class _Specialization:
 
 # ``threads=None`` splits a batch over the CPU cores once it holds this many
 # point x value evaluations (below, a thread pool hand-off costs more than it saves).
-AUTO_THREADS_WORK = 2_000_000
+AUTO_THREADS_WORK = 10_000_000
 
 
 def _batch_chunks(n: int, width: int, threads) -> int:
