@@ -61,6 +61,10 @@ def main() -> None:
     x = np.random.default_rng(0).uniform(-2, 2, 100)
     r(x)
     print(f"rosenbrock n=100 value+grad call:     {per_call_us(r, x, number=50_000):6.3f} us")
+    r1k = symad.compile_grad(rosen)
+    x1k = np.random.default_rng(0).uniform(-2, 2, 1000)
+    r1k(x1k)
+    print(f"rosenbrock n=1000 value+grad call:    {per_call_us(r1k, x1k, number=5_000):6.3f} us")
 
     n = 100_000
     x1, x2 = np.random.default_rng(1).uniform(0.5, 3, (2, n))

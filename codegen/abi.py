@@ -4,10 +4,12 @@ Three entries per compiled graph, all sharing the kernel emitted by ``lower.py``
 
 * ``NAME_kernel(in, is, out, os)``: one point; called through a prebuilt ctypes
   prototype with preallocated per-thread buffers (the general path: arrays, pytrees).
-* ``NAME_batch(in, is, out, os, n)``: a native loop over ``n`` points in column-major
-  buffers (input leaf ``j`` of point ``i`` at ``in[j*is + i]``), so the kernel inlines
-  into the loop and consecutive points are contiguous. ctypes foreign calls release
-  the GIL, so batches run in parallel from a thread pool.
+* ``NAME_batch(ins, outs, start, end, scratch)``: a native loop over points
+  ``start .. end`` reading and writing the caller's C-order arrays in place (one pointer
+  per argument / result leaf, leading axis = point). Tiles of points are gathered into
+  column-major scratch so the kernel inlines into a loop with constant strides and
+  vectorises across points. ctypes foreign calls release the GIL, so batches run in
+  parallel from a thread pool.
 * ``NAME_py(self, args, nargs)``: a CPython ``METH_FASTCALL`` function emitted in IR,
   for functions whose arguments are all scalars. It reads exact ``float`` /
   ``numpy.float64`` arguments straight from the objects (``PyFloat_AS_DOUBLE``: the
@@ -34,8 +36,8 @@ METH_FASTCALL = 0x0080
 
 KERNEL_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                                 ctypes.c_int64)
-BATCH_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                               ctypes.c_int64, ctypes.c_int64)
+BATCH_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                               ctypes.c_int64, ctypes.c_void_p)
 
 # Offsets in CPython's object layout (non-debug, GIL build): ob_refcnt, ob_type, then
 # the double of a float object (PyFloat_AS_DOUBLE; numpy.float64 has the same layout).
@@ -43,30 +45,130 @@ _OB_TYPE_OFFSET = 8
 _FLOAT_VALUE_OFFSET = 16
 
 
-def emit_batch(module: ir.Module, kernel: ir.Function, name: str) -> ir.Function:
-    """``void name(const double* in, i64 is, double* out, i64 os, i64 n)``."""
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64]),
-                     name=name)
-    in_ptr, in_stride, out_ptr, out_stride, n = fn.args
-    for a, nm in zip(fn.args, ("in", "is", "out", "os", "n")):
-        a.name = nm
-    in_ptr.add_attribute("noalias")
-    out_ptr.add_attribute("noalias")
-    fn.attributes.add("nounwind")
-    entry = fn.append_basic_block("entry")
-    loop = fn.append_basic_block("loop")
-    done = fn.append_basic_block("done")
-    b = ir.IRBuilder(entry)
-    b.cbranch(b.icmp_signed(">", n, ir.Constant(I64, 0)), loop, done)
+def batch_tile(n_in: int, n_out: int) -> int:
+    """Points per tile (a multiple of 8): the input and output tiles together stay near
+    32 KiB (L1)."""
+    t = 4096 // max(n_in + n_out, 1)
+    tile = 8
+    while tile * 2 <= min(t, 256):
+        tile *= 2
+    return tile
+
+
+def _loop(b: ir.IRBuilder, lo, hi, body, name: str = "i"):
+    """Emit ``for i in range(lo, hi): body(b, i)`` (skipped when ``lo >= hi``)."""
+    fn = b.function
+    head = b.block
+    loop = fn.append_basic_block(f"{name}.loop")
+    done = fn.append_basic_block(f"{name}.done")
+    b.cbranch(b.icmp_signed("<", lo, hi), loop, done)
     b.position_at_end(loop)
-    i = b.phi(I64, name="i")
-    i.add_incoming(ir.Constant(I64, 0), entry)
-    b.call(kernel, [b.gep(in_ptr, [i], source_etype=DOUBLE), in_stride,
-                    b.gep(out_ptr, [i], source_etype=DOUBLE), out_stride])
-    nxt = b.add(i, ir.Constant(I64, 1), name="i.next")
-    i.add_incoming(nxt, loop)
-    b.cbranch(b.icmp_signed("<", nxt, n), loop, done)
+    i = b.phi(I64, name=name)
+    i.add_incoming(lo, head)
+    body(b, i)
+    nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next")
+    i.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, hi), loop, done)
     b.position_at_end(done)
+
+
+def _copy_leaves(b, leaves, sizes, tile, i0, m, tile_buf, to_tile: bool):
+    """Move leaf ``k``'s rows (``sizes[k]`` doubles per point, C order) between the
+    caller's arrays and the column-major tile (element ``e`` of point ``i`` at
+    ``tile_buf[e * tile + i]``)."""
+    zero = ir.Constant(I64, 0)
+    off = 0
+    for k, size in enumerate(sizes):
+        base = b.load(b.gep(leaves, [ir.Constant(I64, k)], source_etype=PTR), typ=PTR,
+                      name=f"leaf{k}")
+
+        def move(b, e, i, base=base, size=size, off=off):
+            row = b.add(i0, i)
+            src = b.gep(base, [b.add(b.mul(row, ir.Constant(I64, size)), e)],
+                        source_etype=DOUBLE)
+            dst = b.gep(tile_buf, [b.add(b.mul(b.add(e, ir.Constant(I64, off)),
+                                               ir.Constant(I64, tile)), i)],
+                        source_etype=DOUBLE)
+            if not to_tile:
+                src, dst = dst, src
+            b.store(b.load(src, typ=DOUBLE), dst)
+
+        if size <= 16:      # short rows: unrolled, one pass over the points
+            def per_point(b, i, move=move, size=size):
+                for e in range(size):
+                    move(b, ir.Constant(I64, e), i)
+            _loop(b, zero, m, per_point, f"p{k}")
+        else:               # long rows: one pass per element, contiguous tile stores
+            _loop(b, zero, ir.Constant(I64, size),
+                  lambda b, e, move=move, k=k: _loop(b, zero, m,
+                                                     lambda b, i: move(b, e, i), f"p{k}"),
+                  f"e{k}")
+        off += size
+
+
+def emit_kernel_entry(module: ir.Module, body: ir.Function, name: str) -> ir.Function:
+    """The exported point kernel: a call to ``body``, which is internal and
+    ``alwaysinline`` so that the batch loop gets its own inlined (vectorisable) copy
+    however big it is, while the Python entry calls this one copy."""
+    body.attributes.add("alwaysinline")
+    body.linkage = "internal"
+    fn = ir.Function(module, body.function_type, name=name)
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.call(body, list(fn.args))
+    b.ret_void()
+    return fn
+
+
+def emit_batch(module: ir.Module, kernel: ir.Function, name: str, in_sizes, out_sizes,
+               vector_kernel: ir.Function | None = None, width: int = 4) -> ir.Function:
+    """``void name(double** ins, double** outs, i64 start, i64 end, double* scratch)``.
+
+    Input leaf ``k`` is a C-order array with ``in_sizes[k]`` doubles per point (its
+    leading axis is the point); outputs likewise. Points ``start .. end`` are evaluated
+    tile by tile: gather a tile into column-major scratch (``batch_tile`` points of
+    ``n_in + n_out`` doubles), run the kernel over it (inlined and vectorised: its strides
+    are the constant tile size), scatter the outputs. No copy of the caller's arrays.
+    With ``vector_kernel`` (``width`` points per call, see ``lower.emit_vector_kernel``)
+    whole groups of ``width`` points use it and only the tail runs the scalar kernel.
+    """
+    n_in, n_out = sum(in_sizes), sum(out_sizes)
+    tile = batch_tile(n_in, n_out)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64, I64, PTR]),
+                     name=name)
+    ins, outs, start, end, scratch = fn.args
+    for a, nm in zip(fn.args, ("ins", "outs", "start", "end", "scratch")):
+        a.name = nm
+    scratch.add_attribute("noalias")
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    tile_in = scratch
+    tile_out = b.gep(scratch, [ir.Constant(I64, n_in * tile)], source_etype=DOUBLE)
+    t = ir.Constant(I64, tile)
+    # Tiles: i0 = start, start + tile, ... (the loop counter counts tiles).
+    n_tiles = b.sdiv(b.add(b.sub(end, start), ir.Constant(I64, tile - 1)), t)
+
+    def per_tile(b, k):
+        i0 = b.add(start, b.mul(k, t), name="i0")
+        left = b.sub(end, i0)
+        m = b.select(b.icmp_signed("<", left, t), left, t, name="m")
+        _copy_leaves(b, ins, in_sizes, tile, i0, m, tile_in, True)
+        # Always a whole tile (a constant trip count, a multiple of the vector width, so
+        # no scalar epilogue): points past ``m`` in the last tile compute on stale
+        # scratch and are never copied out.
+        if vector_kernel is not None:
+            w = ir.Constant(I64, width)
+            _loop(b, ir.Constant(I64, 0), ir.Constant(I64, tile // width),
+                  lambda b, v: b.call(vector_kernel, [
+                      b.gep(tile_in, [b.mul(v, w)], source_etype=DOUBLE), t,
+                      b.gep(tile_out, [b.mul(v, w)], source_etype=DOUBLE), t]), "vec")
+        else:
+            _loop(b, ir.Constant(I64, 0), t, lambda b, i: b.call(kernel, [
+                b.gep(tile_in, [i], source_etype=DOUBLE), t,
+                b.gep(tile_out, [i], source_etype=DOUBLE), t]), "pt")
+        _copy_leaves(b, outs, out_sizes, tile, i0, m, tile_out, False)
+
+    _loop(b, ir.Constant(I64, 0), n_tiles, per_tile, "tile")
     b.ret_void()
     return fn
 
@@ -78,10 +180,68 @@ _PY_FUNCS = {
     "PyFloat_FromDouble": (PTR, [DOUBLE]),
     "PyTuple_New": (PTR, [I64]),
     "PyTuple_SetItem": (I32, [PTR, I64, PTR]),
+    "PyTuple_GetItem": (PTR, [PTR, I64]),
     "Py_DecRef": (ir.VoidType(), [PTR]),
     "PyObject_Vectorcall": (PTR, [PTR, PTR, I64, PTR]),
+    "PyObject_GetBuffer": (I32, [PTR, PTR, I32]),
+    "PyBuffer_Release": (ir.VoidType(), [PTR]),
+    "PyErr_Clear": (ir.VoidType(), []),
 }
-_TYPE_SYMBOLS = {"symad_float_type": float, "symad_float64_type": np.float64}
+_TYPE_SYMBOLS = {"symad_float_type": float, "symad_float64_type": np.float64,
+                 "symad_ndarray_type": np.ndarray}
+
+# Py_buffer (CPython >= 3.3, 64-bit): buf, obj, len, itemsize, readonly (int), ndim (int),
+# format, shape, strides, suboffsets, internal.
+_BUF_SIZE = 80
+_BUF_BUF, _BUF_ITEMSIZE, _BUF_NDIM, _BUF_FORMAT, _BUF_SHAPE, _BUF_STRIDES = \
+    0, 24, 36, 40, 48, 56
+_PyBUF_WRITABLE = 0x0001
+_PyBUF_RECORDS_RO = 0x001C          # PyBUF_STRIDES | PyBUF_FORMAT, read-only is fine
+
+# The entry keeps its input and output doubles on the C stack; above this many it is not
+# emitted (the ctypes path costs microseconds, but such a call costs far more anyway).
+MAX_STACK_DOUBLES = 16_384
+
+# Slots of the entry's ``self`` tuple: the Python fallback, numpy.empty, then one shape
+# tuple per array output.
+_SELF_FALLBACK, _SELF_EMPTY, _SELF_SHAPES = 0, 1, 2
+
+
+class ArrayOut(tuple):
+    """A result leaf that is an array: ``ArrayOut((start, shape))`` covers outputs
+    ``start .. start + size(shape)`` of the kernel, returned as a fresh numpy array."""
+
+    __slots__ = ()
+
+    @property
+    def start(self) -> int:
+        return self[0]
+
+    @property
+    def shape(self) -> tuple:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"ArrayOut{tuple(self)!r}"
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def array_outs(spec) -> list:
+    """The ``ArrayOut`` leaves of a result spec, in the order the entry numbers them."""
+    found, stack = [], [spec]
+    while stack:
+        s = stack.pop()
+        if isinstance(s, ArrayOut):
+            found.append(s)
+        elif isinstance(s, tuple):
+            stack.extend(reversed(s))
+    return found
 
 
 def fast_entry_supported() -> bool:
@@ -98,86 +258,202 @@ def _register_symbols() -> None:
         jit.add_symbol(name, id(typ))   # id() of a type object is its address in CPython
 
 
-def emit_py_entry(module: ir.Module, kernel: ir.Function, name: str, n_in: int,
+def _i64(v: int) -> ir.Constant:
+    return ir.Constant(I64, v)
+
+
+def _load_at(b, ptr, offset: int, typ):
+    return b.load(b.gep(ptr, [_i64(offset)], source_etype=I8), typ=typ)
+
+
+def emit_py_entry(module: ir.Module, kernel: ir.Function, name: str, arg_shapes,
                   n_out: int, result_spec) -> ir.Function:
-    """Emit the METH_FASTCALL entry; ``result_spec`` is a nested tuple of output indices."""
+    """Emit the METH_FASTCALL entry.
+
+    ``arg_shapes`` holds one shape per positional argument: ``()`` takes an exact
+    ``float``/``numpy.float64``, any other an exact ``numpy.ndarray`` of float64 in C
+    order with exactly that shape (read through the buffer protocol). ``result_spec`` is
+    a nested tuple whose leaves are output indices (a float) or :class:`ArrayOut`.
+    Anything else goes, unchanged, to the Python fallback in slot 0 of ``self``.
+    """
     _register_symbols()
     decl = {}
     for fname, (ret, args) in _PY_FUNCS.items():
         decl[fname] = module.globals.get(fname) or ir.Function(
             module, ir.FunctionType(ret, args), name=fname)
-    types = []
+    types = {}
     for tname in _TYPE_SYMBOLS:
         g = module.globals.get(tname)
         if g is None:
             g = ir.GlobalVariable(module, I8, name=tname)   # external declaration
-        types.append(g)
+        types[tname] = g
 
+    n_in = sum(_size(s) for s in arg_shapes)
+    arrays = [j for j, s in enumerate(arg_shapes) if s != ()]
     fn = ir.Function(module, ir.FunctionType(PTR, [PTR, PTR, I64]), name=name)
     self_obj, args, nargs = fn.args
     self_obj.name, args.name, nargs.name = "self", "args", "nargs"
     entry = fn.append_basic_block("entry")
     fallback = fn.append_basic_block("fallback")
     b = ir.IRBuilder(entry)
-    in_buf = b.alloca(DOUBLE, ir.Constant(I64, max(n_in, 1)), name="in")
-    out_buf = b.alloca(DOUBLE, ir.Constant(I64, max(n_out, 1)), name="out")
-    ok_count = b.icmp_signed("==", nargs, ir.Constant(I64, n_in))
+    in_buf = b.alloca(DOUBLE, _i64(max(n_in, 1)), name="in")
+    out_buf = b.alloca(DOUBLE, _i64(max(n_out, 1)), name="out")
+    views = b.alloca(I8, _i64(_BUF_SIZE * max(len(arrays), 1)), name="views")
+    views.align = 8
     check = fn.append_basic_block("check")
-    b.cbranch(ok_count, check, fallback)
+    b.cbranch(b.icmp_signed("==", nargs, _i64(len(arg_shapes))), check, fallback)
     b.position_at_end(check)
-    ok = ir.Constant(ir.IntType(1), 1)
-    objs = []
-    for j in range(n_in):
-        obj = b.load(b.gep(args, [ir.Constant(I64, j)], source_etype=PTR), typ=PTR,
-                     name=f"arg{j}")
-        tp = b.load(b.gep(obj, [ir.Constant(I64, _OB_TYPE_OFFSET)], source_etype=I8),
-                    typ=PTR)
-        is_float = b.or_(b.icmp_unsigned("==", tp, types[0]),
-                         b.icmp_unsigned("==", tp, types[1]))
-        ok = b.and_(ok, is_float)
+
+    # release[k] gives back the first k buffers, then falls back to Python.
+    release = [fallback]
+    for k, j in enumerate(arrays):
+        blk = fn.append_basic_block(f"release{k + 1}")
+        rb = ir.IRBuilder(blk)
+        rb.call(decl["PyBuffer_Release"], [rb.gep(views, [_i64(_BUF_SIZE * k)],
+                                                  source_etype=I8)])
+        rb.branch(release[k])
+        release.append(blk)
+
+    def require(cond, fail):
+        nxt = fn.append_basic_block("ok")
+        b.cbranch(cond, nxt, fail)
+        b.position_at_end(nxt)
+
+    objs, held = [], 0
+    for j, shape in enumerate(arg_shapes):
+        obj = b.load(b.gep(args, [_i64(j)], source_etype=PTR), typ=PTR, name=f"arg{j}")
         objs.append(obj)
-    run = fn.append_basic_block("run")
-    b.cbranch(ok, run, fallback)
-    b.position_at_end(run)
-    for j, obj in enumerate(objs):
-        v = b.load(b.gep(obj, [ir.Constant(I64, _FLOAT_VALUE_OFFSET)], source_etype=I8),
-                   typ=DOUBLE)
-        b.store(v, b.gep(in_buf, [ir.Constant(I64, j)], source_etype=DOUBLE))
-    one = ir.Constant(I64, 1)
-    b.call(kernel, [in_buf, one, out_buf, one])
+        tp = _load_at(b, obj, _OB_TYPE_OFFSET, PTR)
+        if shape == ():
+            require(b.or_(b.icmp_unsigned("==", tp, types["symad_float_type"]),
+                          b.icmp_unsigned("==", tp, types["symad_float64_type"])),
+                    release[held])
+            continue
+        require(b.icmp_unsigned("==", tp, types["symad_ndarray_type"]), release[held])
+        view = b.gep(views, [_i64(_BUF_SIZE * held)], source_etype=I8)
+        rc = b.call(decl["PyObject_GetBuffer"], [obj, view, ir.Constant(I32,
+                                                                        _PyBUF_RECORDS_RO)])
+        got = fn.append_basic_block("got")
+        refused = fn.append_basic_block("refused")
+        b.cbranch(b.icmp_signed("==", rc, ir.Constant(I32, 0)), got, refused)
+        b.position_at_end(refused)
+        b.call(decl["PyErr_Clear"], [])         # e.g. a dtype without a buffer format
+        b.branch(release[held])
+        b.position_at_end(got)
+        held += 1
+        fail = release[held]
+        # float64 ('d', native order), the compiled ndim, shape and C-order strides.
+        require(b.icmp_signed("==", _load_at(b, view, _BUF_ITEMSIZE, I64), _i64(8)), fail)
+        fmt = _load_at(b, view, _BUF_FORMAT, PTR)
+        require(b.icmp_unsigned("!=", fmt, ir.Constant(PTR, None)), fail)
+        require(b.icmp_signed("==", b.load(fmt, typ=I8), ir.Constant(I8, ord("d"))), fail)
+        require(b.icmp_signed("==", _load_at(b, fmt, 1, I8), ir.Constant(I8, 0)), fail)
+        require(b.icmp_signed("==", _load_at(b, view, _BUF_NDIM, I32),
+                              ir.Constant(I32, len(shape))), fail)
+        dims = _load_at(b, view, _BUF_SHAPE, PTR)
+        strides = _load_at(b, view, _BUF_STRIDES, PTR)
+        stride = 8
+        for d in reversed(range(len(shape))):
+            require(b.icmp_signed("==", _load_at(b, dims, 8 * d, I64), _i64(shape[d])), fail)
+            if shape[d] > 1:
+                require(b.icmp_signed("==", _load_at(b, strides, 8 * d, I64),
+                                      _i64(stride)), fail)
+            stride *= int(shape[d])
+
+    # Inputs: one array argument is read in place; otherwise gather into in_buf.
+    if len(arg_shapes) == 1 and arrays:
+        in_ptr = _load_at(b, views, _BUF_BUF, PTR)
+    else:
+        in_ptr, pos, k = in_buf, 0, 0
+        memcpy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+        for obj, shape in zip(objs, arg_shapes):
+            dst = b.gep(in_buf, [_i64(pos)], source_etype=DOUBLE)
+            if shape == ():
+                b.store(_load_at(b, obj, _FLOAT_VALUE_OFFSET, DOUBLE), dst)
+            else:
+                src = _load_at(b, views, _BUF_SIZE * k + _BUF_BUF, PTR)
+                b.call(memcpy, [dst, src, _i64(8 * _size(shape)), ir.Constant(ir.IntType(1), 0)])
+                k += 1
+            pos += _size(shape)
+    one = _i64(1)
+    b.call(kernel, [in_ptr, one, out_buf, one])
+    for k in range(len(arrays)):
+        b.call(decl["PyBuffer_Release"], [b.gep(views, [_i64(_BUF_SIZE * k)],
+                                                source_etype=I8)])
     fail = fn.append_basic_block("fail")
-    result = _emit_result(b, fn, decl, out_buf, result_spec, fail)
+    ctx = _ResultCtx(fn, decl, out_buf, self_obj, views, array_outs(result_spec), module)
+    result = _emit_result(b, ctx, result_spec, fail)
     b.ret(result)
     b.position_at_end(fail)
     b.ret(ir.Constant(PTR, None))
     b.position_at_end(fallback)
     # Not the compiled signature: let the Python path validate, convert or raise.
-    b.ret(b.call(decl["PyObject_Vectorcall"], [self_obj, args, nargs,
-                                               ir.Constant(PTR, None)]))
+    py = b.call(decl["PyTuple_GetItem"], [self_obj, _i64(_SELF_FALLBACK)])
+    b.ret(b.call(decl["PyObject_Vectorcall"], [py, args, nargs, ir.Constant(PTR, None)]))
     return fn
 
 
-def _emit_result(b, fn, decl, out_buf, spec, fail_block):
-    """Build the Python object for ``spec`` (int -> float, tuple -> tuple), or jump to
-    ``fail_block`` with NULL after releasing what was built (an exception is set)."""
+class _ResultCtx:
+    def __init__(self, fn, decl, out_buf, self_obj, views, array_leaves, module):
+        self.fn, self.decl, self.out_buf, self.self_obj = fn, decl, out_buf, self_obj
+        self.view = views                     # reused: the inputs are released by now
+        self.slot = {id(a): _SELF_SHAPES + i for i, a in enumerate(array_leaves)}
+        self.memcpy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+
+
+def _new_array(b, ctx, leaf, fail_block):
+    """A fresh numpy array (``numpy.empty(shape)``) filled from the output buffer."""
     null = ir.Constant(PTR, None)
+    decl = ctx.decl
+    empty = b.call(decl["PyTuple_GetItem"], [ctx.self_obj, _i64(_SELF_EMPTY)])
+    shape = b.call(decl["PyTuple_GetItem"], [ctx.self_obj, _i64(ctx.slot[id(leaf)])])
+    argv = b.alloca(PTR, _i64(1))
+    b.store(shape, argv)
+    arr = b.call(decl["PyObject_Vectorcall"], [empty, argv, _i64(1), null])
+    cont = ctx.fn.append_basic_block("array.ok")
+    b.cbranch(b.icmp_unsigned("==", arr, null), fail_block, cont)
+    b.position_at_end(cont)
+    rc = b.call(decl["PyObject_GetBuffer"], [arr, ctx.view, ir.Constant(I32, _PyBUF_WRITABLE)])
+    filled = ctx.fn.append_basic_block("array.buffer")
+    refused = ctx.fn.append_basic_block("array.refused")
+    b.cbranch(b.icmp_signed("==", rc, ir.Constant(I32, 0)), filled, refused)
+    b.position_at_end(refused)
+    b.call(decl["Py_DecRef"], [arr])
+    b.branch(fail_block)
+    b.position_at_end(filled)
+    n = _size(leaf.shape)
+    if n:
+        dst = _load_at(b, ctx.view, _BUF_BUF, PTR)
+        src = b.gep(ctx.out_buf, [_i64(leaf.start)], source_etype=DOUBLE)
+        b.call(ctx.memcpy, [dst, src, _i64(8 * n), ir.Constant(ir.IntType(1), 0)])
+    b.call(decl["PyBuffer_Release"], [ctx.view])
+    return arr
+
+
+def _emit_result(b, ctx, spec, fail_block):
+    """Build the Python object for ``spec`` (int -> float, ArrayOut -> array, tuple ->
+    tuple), or jump to ``fail_block`` with NULL after releasing what was built (an
+    exception is set)."""
+    null = ir.Constant(PTR, None)
+    fn, decl = ctx.fn, ctx.decl
+    if isinstance(spec, ArrayOut):
+        return _new_array(b, ctx, spec, fail_block)
     if isinstance(spec, int):
-        v = b.load(b.gep(out_buf, [ir.Constant(I64, spec)], source_etype=DOUBLE),
-                   typ=DOUBLE)
+        v = b.load(b.gep(ctx.out_buf, [_i64(spec)], source_etype=DOUBLE), typ=DOUBLE)
         obj = b.call(decl["PyFloat_FromDouble"], [v])
         cont = fn.append_basic_block("float.ok")
         b.cbranch(b.icmp_unsigned("==", obj, null), fail_block, cont)
         b.position_at_end(cont)
         return obj
-    tup = b.call(decl["PyTuple_New"], [ir.Constant(I64, len(spec))])
+    tup = b.call(decl["PyTuple_New"], [_i64(len(spec))])
     cont = fn.append_basic_block("tuple.ok")
     b.cbranch(b.icmp_unsigned("==", tup, null), fail_block, cont)
     b.position_at_end(cont)
     for i, sub in enumerate(spec):
         # A failing item releases the partly filled tuple (NULL slots are allowed).
         item_fail = fn.append_basic_block("item.fail")
-        item = _emit_result(b, fn, decl, out_buf, sub, item_fail)
-        b.call(decl["PyTuple_SetItem"], [tup, ir.Constant(I64, i), item])  # steals item
+        item = _emit_result(b, ctx, sub, item_fail)
+        b.call(decl["PyTuple_SetItem"], [tup, _i64(i), item])  # steals item
         here = b.block
         b.position_at_end(item_fail)
         b.call(decl["Py_DecRef"], [tup])
@@ -195,14 +471,16 @@ _NEW_CFUNCTION = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.py_
                                    ctypes.c_void_p)(("PyCFunction_NewEx", ctypes.pythonapi))
 
 
-def make_py_callable(address: int, name: str, fallback, keepalive: list):
+def make_py_callable(address: int, name: str, fallback, result_spec, keepalive: list):
     """Wrap the emitted METH_FASTCALL entry as a builtin function object.
 
-    ``fallback`` becomes the function's ``self`` (it is called for any argument list
-    the entry does not handle). The ``PyMethodDef`` must outlive the function object, so
-    it is appended to ``keepalive``, which the owner of the JIT engine holds.
+    Its ``self`` is the tuple ``(fallback, numpy.empty, *shapes of array results)``;
+    ``fallback`` is called for any argument list the entry does not handle. The
+    ``PyMethodDef`` must outlive the function object, so it is appended to
+    ``keepalive``, which the owner of the JIT engine holds.
     """
     name_b = name.encode()
     mdef = _PyMethodDef(name_b, address, METH_FASTCALL, None)
     keepalive.extend((mdef, name_b))
-    return _NEW_CFUNCTION(ctypes.addressof(mdef), fallback, None)
+    shapes = tuple(tuple(int(d) for d in leaf.shape) for leaf in array_outs(result_spec))
+    return _NEW_CFUNCTION(ctypes.addressof(mdef), (fallback, np.empty) + shapes, None)

@@ -29,8 +29,16 @@ from symad.errors import CodegenError
 # Levels by live graph node count (see the module docstring). Measured on Rosenbrock
 # n=1000 value+grad (18k nodes, one basic block, 2-core x86-64): O3/O3 5.3 s to compile,
 # IR O2 + machine code O1 3.8 s, IR O1 + machine code O0 0.6 s (call 6-15 us either way).
-MEDIUM_GRAPH_NODES = 4_000     # above: IR O2, machine code O1
-LARGE_GRAPH_NODES = 12_000     # above: IR O1, machine code O0 (near-linear compile time)
+# Up to 10k nodes full O3 pays (the kernel is also inlined into the batch loop and
+# vectorised there): Rosenbrock n=1000 value (9k nodes) builds in 3.5-4.9 s at O3/O3 in
+# one function against 7.8 s at O2/O1 in 4k-node chunks, and calls in 2.0 vs 2.6 us.
+# Above 10k nodes kernels are split into chunk functions (lower.CHUNK_NODES), so machine
+# code time is linear in the graph at any level; O1 then costs ~2.5x O0 to build and runs
+# 1.5x faster (Lennard-Jones 64 value+grad, 83k nodes: build 6.4 -> 16.5 s, call 24.6 ->
+# 14.0 us, batch 22.8 -> 14.7 us/point; JAX's jit needs ~25 s for Lennard-Jones 16).
+# IR O2 adds little there (opt 0.4 -> 6.1 s on Rosenbrock n=1000, same call time).
+MEDIUM_GRAPH_NODES = 10_000    # above: IR O1, machine code O1 (chunked)
+LARGE_GRAPH_NODES = 150_000    # above: IR O1, machine code O0 (cheapest linear build)
 
 _LOCK = threading.RLock()
 _STATE: dict = {}
@@ -99,12 +107,38 @@ def add_symbol(name: str, address: int) -> None:
     llvm.add_symbol(name, address)
 
 
+_VECTOR_MATH: dict = {}
+
+
+def vector_math_available(symbols) -> bool:
+    """Can native code call glibc's libmvec AVX2 variants ``symbols`` here? (The CPU has
+    AVX2, ``libmvec.so.1`` loads and defines every symbol.) Checked once per symbol."""
+    st = _start()
+    with _LOCK:
+        if "lib" not in _VECTOR_MATH:
+            ok = "+avx2" in st["features"].split(",")
+            if ok:
+                try:
+                    llvm.load_library_permanently("libmvec.so.1")
+                except RuntimeError:
+                    ok = False
+            _VECTOR_MATH["lib"] = ok
+        if not _VECTOR_MATH["lib"]:
+            return False
+        for sym in symbols:
+            if sym not in _VECTOR_MATH:
+                _VECTOR_MATH[sym] = bool(llvm.address_of_symbol(sym))
+            if not _VECTOR_MATH[sym]:
+                return False
+        return True
+
+
 def choose_levels(n_nodes: int, opt_level) -> tuple[int, int]:
     """(IR speed level, machine-code level) for a graph of ``n_nodes`` live nodes."""
     if opt_level in (None, "auto"):
         if n_nodes > LARGE_GRAPH_NODES:
             return 1, 0
-        return (2, 1) if n_nodes > MEDIUM_GRAPH_NODES else (3, 3)
+        return (1, 1) if n_nodes > MEDIUM_GRAPH_NODES else (3, 3)
     levels = opt_level if isinstance(opt_level, tuple) else (opt_level, opt_level)
     if len(levels) != 2 or any(lv not in (0, 1, 2, 3) for lv in levels):
         raise ValueError(f"opt_level must be 0..3, a pair (IR level, machine-code level) "

@@ -62,15 +62,18 @@ _ONE = ctypes.c_int64(1)
 class _Native:
     """Native code for one graph: the JIT module (owns the engine) and its entries."""
 
-    def __init__(self, module, kernel_name: str, batch_name: str, py_name: str | None):
+    def __init__(self, module, kernel_name: str, batch_name: str, py_name: str | None,
+                 py_spec=None):
         from symad.codegen import abi
         self.module = module
         self.kernel = abi.KERNEL_PROTO(module.addresses[kernel_name])
         self.batch = abi.BATCH_PROTO(module.addresses[batch_name])
         self.py_address = module.addresses[py_name] if py_name else None
         self.py_name = py_name
+        self.py_spec = py_spec
 
-    __slots__ = ("module", "kernel", "batch", "py_address", "py_name", "__weakref__")
+    __slots__ = ("module", "kernel", "batch", "py_address", "py_name", "py_spec",
+                 "__weakref__")
 
 
 def _safe_name(name: str) -> str:
@@ -144,9 +147,9 @@ def _size(shape) -> int:
 
 
 def _result_spec(treedef, shapes, start: int):
-    """Nested tuple of output indices when the tree is tuples of scalars, else None."""
-    if any(s != () for s in shapes):
-        return None
+    """What the native entry returns: a nested tuple whose leaves are output indices
+    (floats) or ``abi.ArrayOut`` (arrays), when the tree is tuples of leaves; else None."""
+    from symad.codegen.abi import ArrayOut
     stack = [treedef]
     while stack:
         td = stack.pop()
@@ -154,18 +157,17 @@ def _result_spec(treedef, shapes, start: int):
             stack.extend(td[1])
         elif td[0] != "leaf":
             return None
-    return tree_unflatten(treedef, list(range(start, start + len(shapes))))
+    leaves, pos = [], start
+    for s in shapes:
+        leaves.append(pos if s == () else ArrayOut((pos, tuple(int(d) for d in s))))
+        pos += _size(s)
+    return tree_unflatten(treedef, leaves)
 
 
 def _out_leaf(flat: np.ndarray, start: int, shape: tuple):
     if shape == ():
         return float(flat[start])
     return flat[start:start + _size(shape)].reshape(shape)
-
-
-def _batch_leaf(cols: np.ndarray, start: int, shape: tuple, n: int):
-    block = cols[start:start + _size(shape)]
-    return np.ascontiguousarray(block.T).reshape((n,) + tuple(shape))
 
 
 class _Specialization:
@@ -224,10 +226,10 @@ class _Specialization:
             self.grad_shapes = [st.arg_shapes[k] for k in nums]
             self.grad_graph = graph
             self._simple_grad = self.single and self.grad_trees[0] == ("leaf",)
-            if all(s == () for shp in self.grad_shapes for s in shp) and \
-                    all(td == ("leaf",) for td in self.grad_trees):
-                grad_spec = 1 if self.single else tuple(range(1, 1 + len(nums)))
-                spec = (0, grad_spec)
+            if all(td == ("leaf",) for td in self.grad_trees):
+                shapes = [shp[0] for shp in self.grad_shapes]
+                grad_spec = _result_spec(("tuple", (("leaf",),) * len(nums)), shapes, 1)
+                spec = (0, grad_spec[0] if self.single else grad_spec)
             else:
                 spec = None
         else:
@@ -240,8 +242,13 @@ class _Specialization:
             spec = _result_spec(st.out_tree, st.out_shapes, 0)
         self.outputs = outputs
         self.n_out = len(outputs)
+        if owner._grad:
+            self.out_leaf_shapes = [()] + [s for shp in self.grad_shapes for s in shp]
+        else:
+            self.out_leaf_shapes = list(self.out_shapes)
         flat_args = self.treedef == ("tuple", tuple(("leaf",) for _ in self.shapes))
-        if not (flat_args and all(s == () for s in self.shapes)):
+        from symad.codegen.abi import MAX_STACK_DOUBLES
+        if not flat_args or self.n_in + self.n_out > MAX_STACK_DOUBLES:
             spec = None
         self._build_native(owner, graph, outputs, spec, seconds, nodes)
 
@@ -253,12 +260,13 @@ class _Specialization:
         self._py_spec = spec     # kept for pickling: the restored copy emits the same entries
         if not abi.fast_entry_supported():
             spec = None
-        live = len(graph.live(outputs))
+        live = self.n_nodes = len(graph.live(outputs))
         levels = jit.choose_levels(live, owner._opt_level)
         text = graph.to_text(outputs)
         body = text.split("\n", 1)[1] if "\n" in text else text   # without the name
-        key = hashlib.sha256(repr((body, len(graph.inputs), flags, levels, spec)).encode()
-                             ).hexdigest()
+        leaf_sizes = (tuple(self.sizes), tuple(_size(s) for s in self.out_leaf_shapes))
+        key = hashlib.sha256(repr((body, len(graph.inputs), flags, levels, spec, leaf_sizes)
+                                  ).encode()).hexdigest()
         with _CACHE_LOCK:
             native = _CACHE.get(key)
         cached = native is not None
@@ -268,14 +276,23 @@ class _Specialization:
             base = f"symad_{_safe_name(owner.__name__)}"
             module = jit.new_module(base)
             try:
-                kernel = lower.emit_kernel(module, graph, outputs, f"{base}_kernel", flags)
+                body = lower.emit_kernel(module, graph, outputs, f"{base}_kernel.body",
+                                         flags)
             except NotImplementedError as exc:
                 raise SymadError(f"cannot compile {owner.__name__}: {exc}") from exc
-            abi.emit_batch(module, kernel, f"{base}_batch")
+            kernel = abi.emit_kernel_entry(module, body, f"{base}_kernel")
+            vector = None
+            if ("afn" in flags or "fast" in flags) \
+                    and live <= lower.CHUNK_NODES and jit.vector_math_available(
+                        lower.vector_symbols(graph, outputs)):
+                # Vector math (libmvec) only under fast-math: a few ulp from scalar libm.
+                vector = lower.emit_vector_kernel(module, graph, outputs,
+                                                  f"{base}_kernel4", flags)
+            abi.emit_batch(module, body, f"{base}_batch", *leaf_sizes, vector)
             py_name = None
             if spec is not None:
                 py_name = f"{base}_py"
-                abi.emit_py_entry(module, kernel, py_name, self.n_in, self.n_out, spec)
+                abi.emit_py_entry(module, kernel, py_name, self.shapes, self.n_out, spec)
             seconds["lowering"] = time.perf_counter() - t0
             symbols = [f"{base}_kernel", f"{base}_batch"] + ([py_name] if py_name else [])
             logs.stage("llvm", f"{live} nodes, O{levels[0]} IR, O{levels[1]} machine code")
@@ -287,7 +304,7 @@ class _Specialization:
                 mod = diskcache.compile_module(folder, key, module, symbols,
                                                speed_level=levels[0], codegen_level=levels[1])
             seconds.update(mod.seconds)
-            native = _Native(mod, symbols[0], symbols[1], py_name)
+            native = _Native(mod, symbols[0], symbols[1], py_name, spec)
             with _CACHE_LOCK:
                 native = _CACHE.setdefault(key, native)
         else:
@@ -301,7 +318,8 @@ class _Specialization:
         self._keepalive: list = []
         if native.py_address is not None:
             self.fast = abi.make_py_callable(native.py_address, owner.__name__,
-                                             owner._slow_call, self._keepalive)
+                                             owner._slow_call, native.py_spec,
+                                             self._keepalive)
         nodes["llvm_ir"] = _count_instructions(native.module.llvm_ir)
         nodes["optimized_ir"] = _count_instructions(native.module.optimized_ir)
         self.stats = {"nodes": nodes, "seconds": seconds, "cached": cached,
@@ -415,8 +433,8 @@ class _Specialization:
                                     flat[1:].reshape(shape))
         return self._unpack(flat)
 
-    def _unpack(self, flat: np.ndarray, n: int | None = None):
-        leaf = _out_leaf if n is None else functools.partial(_batch_leaf, n=n)
+    def _unpack(self, flat: np.ndarray):
+        leaf = _out_leaf
         if self.grad_graph is None:
             pos, leaves = 0, []
             for s in self.out_shapes:
@@ -434,25 +452,52 @@ class _Specialization:
         return value, (per_arg[0] if self.single else tuple(per_arg))
 
     def batch(self, leaves: list, n: int, threads: int | None):
-        inb = np.empty((max(self.n_in, 1), n))
-        pos = 0
-        for leaf, size in zip(leaves, self.sizes):
-            inb[pos:pos + size] = np.asarray(leaf, dtype=np.float64).reshape(n, size).T
-            pos += size
-        outb = np.empty((max(self.n_out, 1), n))
+        from symad.codegen.abi import batch_tile
+        # The native loop reads C-order float64 arrays in place (no copy when the caller's
+        # arrays already are) and writes fresh result arrays directly.
+        ins = [np.ascontiguousarray(leaf, dtype=np.float64) for leaf in leaves]
+        outs = [np.empty((n,) + tuple(s)) for s in self.out_leaf_shapes]
+        in_ptrs = np.array([a.__array_interface__["data"][0] for a in ins], dtype=np.uintp)
+        out_ptrs = np.array([a.__array_interface__["data"][0] for a in outs], dtype=np.uintp)
+        per = (self.n_in + self.n_out) * batch_tile(self.n_in, self.n_out)
+        chunks = _batch_chunks(n, self.n_nodes, threads)
+        scratch = np.zeros(max(per * chunks, 1))   # zeros: no denormal garbage
         fn = self.native.batch
-        in0, out0 = inb.ctypes.data, outb.ctypes.data
-        chunks = 1 if not threads or threads <= 1 or n < 2 * threads else int(threads)
+        ip, op, sp = (in_ptrs.ctypes.data, out_ptrs.ctypes.data,
+                      scratch.__array_interface__["data"][0])
         if chunks == 1:
-            fn(in0, n, out0, n, n)      # ctypes releases the GIL during the call
+            fn(ip, op, 0, n, sp)      # ctypes releases the GIL during the call
         else:
             bounds = [n * i // chunks for i in range(chunks + 1)]
             pool = _pool(chunks)
-            futs = [pool.submit(fn, in0 + 8 * a, n, out0 + 8 * a, n, b - a)
-                    for a, b in zip(bounds[:-1], bounds[1:])]
+            futs = [pool.submit(fn, ip, op, a, b, sp + 8 * per * c)
+                    for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
             for fut in futs:
                 fut.result()
-        return self._unpack(outb[:self.n_out], n=n)
+        return self._unpack_leaves(outs)
+
+    def _unpack_leaves(self, leaves: list):
+        if self.grad_graph is None:
+            return tree_unflatten(self.out_tree, leaves)
+        pos, per_arg = 1, []
+        for td, shapes in zip(self.grad_trees, self.grad_shapes):
+            per_arg.append(tree_unflatten(td, leaves[pos:pos + len(shapes)]))
+            pos += len(shapes)
+        return leaves[0], (per_arg[0] if self.single else tuple(per_arg))
+
+
+# ``threads=None`` splits a batch over the CPU cores once it holds this many
+# point x value evaluations (below, a thread pool hand-off costs more than it saves).
+AUTO_THREADS_WORK = 10_000_000
+
+
+def _batch_chunks(n: int, width: int, threads) -> int:
+    if threads is None:
+        if n * width < AUTO_THREADS_WORK:
+            return 1
+        threads = min(os.cpu_count() or 1, 8)
+    threads = int(threads)
+    return 1 if threads <= 1 or n < 2 * threads else threads
 
 
 def _pool(n: int):
