@@ -13,8 +13,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import symad  # noqa: E402
 from bench_batch import baydin, lennard_jones, rosen  # noqa: E402
+
+import symad  # noqa: E402
 
 
 def _t(fn, number):

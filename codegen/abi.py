@@ -306,7 +306,7 @@ def emit_py_entry(module: ir.Module, kernel: ir.Function, name: str, arg_shapes,
 
     # release[k] gives back the first k buffers, then falls back to Python.
     release = [fallback]
-    for k, j in enumerate(arrays):
+    for k, _ in enumerate(arrays):
         blk = fn.append_basic_block(f"release{k + 1}")
         rb = ir.IRBuilder(blk)
         rb.call(decl["PyBuffer_Release"], [rb.gep(views, [_i64(_BUF_SIZE * k)],

@@ -242,10 +242,6 @@ class _Specialization:
             spec = _result_spec(st.out_tree, st.out_shapes, 0)
         self.outputs = outputs
         self.n_out = len(outputs)
-        if owner._grad:
-            self.out_leaf_shapes = [()] + [s for shp in self.grad_shapes for s in shp]
-        else:
-            self.out_leaf_shapes = list(self.out_shapes)
         flat_args = self.treedef == ("tuple", tuple(("leaf",) for _ in self.shapes))
         from symad.codegen.abi import MAX_STACK_DOUBLES
         if not flat_args or self.n_in + self.n_out > MAX_STACK_DOUBLES:
@@ -254,7 +250,6 @@ class _Specialization:
 
     def _build_native(self, owner, graph, outputs, spec, seconds, nodes) -> None:
         from symad.codegen import abi, jit, lower
-
 
         flags = lower.fastmath_flags(owner._fastmath)
         self._py_spec = spec     # kept for pickling: the restored copy emits the same entries
@@ -343,6 +338,13 @@ class _Specialization:
             state["token"] = hashlib.sha256(repr(state).encode()).hexdigest()
             self._state = state
         return state
+
+    @property
+    def out_leaf_shapes(self) -> list:
+        """Shapes of the flat output leaves: value then gradient leaves, or f's outputs."""
+        if self.grad_graph is not None:
+            return [()] + [s for shp in self.grad_shapes for s in shp]
+        return list(self.out_shapes)
 
     @classmethod
     def _restore(cls, owner: CompiledFunction, state: dict) -> _Specialization:
@@ -452,6 +454,10 @@ class _Specialization:
         return value, (per_arg[0] if self.single else tuple(per_arg))
 
     def batch(self, leaves: list, n: int, threads: int | None):
+        return self._unpack_leaves(self.batch_flat(leaves, n, threads))
+
+    def batch_flat(self, leaves: list, n: int, threads: int | None) -> list:
+        """The flat output leaves, each of shape ``(n,) + leaf shape``."""
         from symad.codegen.abi import batch_tile
         # The native loop reads C-order float64 arrays in place (no copy when the caller's
         # arrays already are) and writes fresh result arrays directly.
@@ -474,7 +480,7 @@ class _Specialization:
                     for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
             for fut in futs:
                 fut.result()
-        return self._unpack_leaves(outs)
+        return outs
 
     def _unpack_leaves(self, leaves: list):
         if self.grad_graph is None:

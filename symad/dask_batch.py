@@ -39,14 +39,10 @@ class _Blocks:
     def __call__(self, *blocks):
         spec = self.compiled._specs[self.key]
         m = blocks[0].shape[0]
-        inb = np.empty((max(spec.n_in, 1), m))
-        pos = 0
-        for block, size in zip(blocks, spec.sizes):
-            inb[pos:pos + size] = np.asarray(block, dtype=np.float64).T
-            pos += size
-        outb = np.empty((max(spec.n_out, 1), m))
-        spec.native.batch(inb.ctypes.data, m, outb.ctypes.data, m, m)
-        return np.ascontiguousarray(outb[:spec.n_out].T)
+        leaves = [np.asarray(b, dtype=np.float64).reshape((m,) + tuple(s))
+                  for b, s in zip(blocks, spec.shapes)]
+        outs = spec.batch_flat(leaves, m, threads=1)
+        return np.concatenate([o.reshape(m, -1) for o in outs], axis=1)
 
 
 def dask_batch(compiled, leaves: list, treedef, paths: list):
