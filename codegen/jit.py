@@ -197,7 +197,15 @@ def compile_module(module: ir.Module, symbols: list[str], *, speed_level: int = 
     pto.loop_vectorization = speed_level >= 2
     pto.slp_vectorization = speed_level >= 2
     pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(llmod, pb)
+    mpm = pb.getModulePassManager()
+    try:
+        mpm.run(llmod, pb)
+    finally:
+        # Close explicitly: garbage collection alone leaves ~55 KB of LLVM memory per
+        # compile behind (measured, llvmlite 0.50); closing leaves ~5 KB.
+        mpm.close()
+        pb.close()
+        pto.close()
     optimized = str(llmod)
     t1 = time.perf_counter()
     try:
