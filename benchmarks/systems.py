@@ -100,8 +100,11 @@ def build_symad(p: Problem) -> Impl:
 # ---- JAX --------------------------------------------------------------------------------
 
 def setup_symad():
+    import scipy.special  # noqa: F401 (the problems' erf namespace: an import, not build)
+    from symad.codegen import jit
+
     import symad  # noqa: F401
-    from codegen import abi, jit, lower  # noqa: F401
+    jit._start()         # LLVM target start-up is not build time (as jax.devices() for JAX)
 
 
 def setup_jax():
