@@ -14,26 +14,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import symad  # noqa: E402
 
-
-def rosen(x):
-    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
-
-
-def lennard_jones(pos):
-    pos = pos.reshape(-1, 3)
-    e = 0.0
-    n = len(pos)
-    for i in range(n):
-        for j in range(i + 1, n):
-            d = pos[i] - pos[j]
-            r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
-            s6 = 1.0 / (r2 * r2 * r2)
-            e = e + 4.0 * (s6 * s6 - s6)
-    return e
-
-
-def baydin(x1, x2):
-    return np.log(x1) + x1 * x2 - np.sin(x2)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_call import baydin, lennard_jones, rosen  # noqa: E402 (the same problem code)
 
 
 def _numba_lj():

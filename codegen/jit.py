@@ -216,19 +216,24 @@ def compile_module(module: ir.Module, symbols: list[str], *, speed_level: int = 
     except RuntimeError as exc:
         raise CodegenError(f"machine-code generation failed for @{main}: {exc}\n"
                            f"--- IR excerpt ---\n{_excerpt(optimized, main)}") from exc
-    emitted = {f.name for f in module.functions if not f.is_declaration}
-    addresses = {}
-    for name in symbols:
-        # get_function_address aborts the process on a missing symbol: only ask for
-        # names this module defines.
-        if name not in emitted:
-            raise CodegenError(f"@{name} is not defined by module {module.name!r}")
-        addresses[name] = engine.get_function_address(name)
+    addresses = _addresses(engine, module, symbols)
     t2 = time.perf_counter()
     return NativeModule(engine=engine, addresses=addresses, llvm_ir=text,
                         optimized_ir=optimized, codegen_level=codegen_level,
                         speed_level=speed_level,
                         seconds={"llvm_opt": t1 - t0, "machine_code": t2 - t1})
+
+
+def _addresses(engine, module: ir.Module, symbols: list[str]) -> dict[str, int]:
+    # get_function_address aborts the process on a missing symbol: only ask for names
+    # this module defines.
+    emitted = {f.name for f in module.functions if not f.is_declaration}
+    addresses = {}
+    for name in symbols:
+        if name not in emitted:
+            raise CodegenError(f"@{name} is not defined by module {module.name!r}")
+        addresses[name] = engine.get_function_address(name)
+    return addresses
 
 
 def load_module(module: ir.Module, symbols: list[str], obj: bytes, optimized_ir: str, *,
@@ -250,12 +255,7 @@ def load_module(module: ir.Module, symbols: list[str], obj: bytes, optimized_ir:
         engine.finalize_object()
     except RuntimeError as exc:
         raise CodegenError(f"loading cached object code for @{main} failed: {exc}") from exc
-    emitted = {f.name for f in module.functions if not f.is_declaration}
-    addresses = {}
-    for name in symbols:
-        if name not in emitted:
-            raise CodegenError(f"@{name} is not defined by module {module.name!r}")
-        addresses[name] = engine.get_function_address(name)
+    addresses = _addresses(engine, module, symbols)
     t1 = time.perf_counter()
     return NativeModule(engine=engine, addresses=addresses, llvm_ir=text,
                         optimized_ir=optimized_ir, codegen_level=codegen_level,
