@@ -125,11 +125,8 @@ def test_from_sympy_values_and_gradients(e):
 
 
 def test_from_sympy_compile_grad_exact():
-    compile_grad = getattr(symad, "compile_grad", None)
-    if compile_grad is None:
-        pytest.skip("symad.compile_grad not available yet (issue 3)")
     e = sp.log(x) + x * y - sp.sin(y) + sp.exp(x / y) * sp.Rational(3, 4)
-    f = compile_grad(symad.from_sympy(e, [x, y]))
+    f = symad.compile_grad(symad.from_sympy(e, [x, y]))
     for p in POINTS:
         env = {x: p[0], y: p[1]}
         value, (g0, g1) = f(*p)
