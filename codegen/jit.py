@@ -37,8 +37,12 @@ from symad.errors import CodegenError
 # 1.5x faster (Lennard-Jones 64 value+grad, 83k nodes: build 6.4 -> 16.5 s, call 24.6 ->
 # 14.0 us, batch 22.8 -> 14.7 us/point; JAX's jit needs ~25 s for Lennard-Jones 16).
 # IR O2 adds little there (opt 0.4 -> 6.1 s on Rosenbrock n=1000, same call time).
+# These levels now serve the batch entry only (compiled at its first use; single calls of
+# graphs above 2k nodes build at machine-code O0, see symad/compiled.py). Above 40k nodes
+# the batch entry drops to machine-code O0 too: Lennard-Jones 64 (83k nodes) compiled its
+# batch entry in 25 s at O1 against 5.3 s at O0, for 17 against 36 us/point.
 MEDIUM_GRAPH_NODES = 10_000    # above: IR O1, machine code O1 (chunked)
-LARGE_GRAPH_NODES = 150_000    # above: IR O1, machine code O0 (cheapest linear build)
+LARGE_GRAPH_NODES = 40_000     # above: IR O1, machine code O0 (cheapest linear build)
 
 _LOCK = threading.RLock()
 _STATE: dict = {}
