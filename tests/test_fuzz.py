@@ -9,7 +9,7 @@ import mpmath
 import numpy as np
 import sympy as sp
 from fuzz import random_program, run_program
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import symad
@@ -83,6 +83,7 @@ def test_random_programs_agree_with_sympy(seed):
 
 
 @settings(max_examples=25, deadline=None)
+@example(seed=811636)   # 0/0 in the value, finite Hessian: must be rejected, not failed
 @given(st.integers(0, 2**32 - 1))
 def test_random_programs_second_order(seed):
     rng = np.random.default_rng(seed)
@@ -91,7 +92,9 @@ def test_random_programs_second_order(seed):
     x = rng.uniform(-2, 2, n_inputs)
     f = symad_fn(steps, n_inputs)
     h_fwd = symad.hessian(f)(x)
-    assume(np.all(np.isfinite(h_fwd)))
+    # A squashed operand exactly at a pole (0/0 = NaN in the value) leaves finite partial
+    # derivatives in AD but a NaN sympy expression: nothing to compare there.
+    assume(np.all(np.isfinite(h_fwd)) and np.isfinite(symad.value_and_grad(f)(x)[0]))
     h_rev = symad.hessian(f, mode="rev")(x)
     np.testing.assert_allclose(h_fwd, h_rev, rtol=1e-10, atol=1e-12)
     syms = sp.symbols(f"x0:{n_inputs}", real=True)
