@@ -180,8 +180,12 @@ class NativeModule:
 
 
 def compile_module(module: ir.Module, symbols: list[str], *, speed_level: int = 3,
-                   codegen_level: int = 3, on_object=None) -> NativeModule:
+                   codegen_level: int = 3, unroll: bool = True,
+                   on_object=None) -> NativeModule:
     """Verify, optimise and JIT ``module``; return addresses of the emitted ``symbols``.
+
+    ``unroll=False`` keeps LLVM from unrolling loops: for kernels whose loops symad rolled
+    on purpose (``lower.rolled_plan``), unrolling them back costs compile time.
 
     ``on_object(bytes)``, when given, receives the object code MCJIT generated (through
     LLVM's object cache hook), for the on-disk compile cache.
@@ -200,6 +204,7 @@ def compile_module(module: ir.Module, symbols: list[str], *, speed_level: int = 
     pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
     pto.loop_vectorization = speed_level >= 2
     pto.slp_vectorization = speed_level >= 2
+    pto.loop_unrolling = unroll
     pb = llvm.create_pass_builder(tm, pto)
     mpm = pb.getModulePassManager()
     try:

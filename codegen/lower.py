@@ -213,9 +213,31 @@ def lower_node(b: ir.IRBuilder, module: ir.Module, node: Node, args: list,
 CHUNK_NODES = 10_000
 
 
+# Roll loops (``codegen.roll``) only when that shrinks the emitted code at least this
+# many times: a rolled node costs a buffer store and loads where straight-line code keeps
+# it in a register.
+ROLL_MIN_GAIN = 4
+# Rolled kernels keep their value buffer on the stack up to this many doubles (the Python
+# entry already holds up to abi.MAX_STACK_DOUBLES there), on the heap above.
+ROLL_STACK_DOUBLES = 32_768
+
+
+def rolled_plan(graph: Graph, outputs: Sequence[Node]):
+    """A ``roll.Plan`` for ``outputs`` when rolling makes the code at least
+    ``ROLL_MIN_GAIN`` times smaller, else None (straight-line code is faster then)."""
+    from .roll import plan
+    found = plan(graph, outputs)
+    if found.body_size() * ROLL_MIN_GAIN <= len(found.schedule):
+        return found
+    return None
+
+
 def emit_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node], name: str,
-                flags: tuple = ()) -> ir.Function:
-    """Emit ``void name(const double* in, i64 is, double* out, i64 os)`` for ``outputs``."""
+                flags: tuple = (), plan=None) -> ir.Function:
+    """Emit ``void name(const double* in, i64 is, double* out, i64 os)`` for ``outputs``;
+    with a ``plan`` (``rolled_plan``), repeated stretches run as loops."""
+    if plan is not None:
+        return emit_rolled(module, plan, outputs, name, flags)
     live = graph.live(outputs)
     ops = [n for n in live if n.op not in ("const", "input")]
     if len(ops) > CHUNK_NODES:
@@ -294,6 +316,223 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
             b.store(v, b.gep(out_ptr, [off], source_etype=DOUBLE))
     b.ret_void()
     return fn
+
+
+def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
+                flags: tuple = ()) -> ir.Function:
+    """The kernel of ``plan`` (``roll.plan``): straight segments as SSA code, each loop as
+    one counted loop whose body computes one iteration. A value read back by other code
+    (a later iteration, another loop, straight code after a loop, an output) is stored in
+    a buffer at its schedule position, so every such address is affine in the counter
+    (or read from an index table)."""
+    return _Rolled(module, plan, name, flags).emit(outputs)
+
+
+class _Rolled:
+    """The state of one ``emit_rolled`` call."""
+
+    def __init__(self, module, plan, name, flags):
+        self.module, self.plan, self.flags = module, plan, flags
+        self.fn = fn = _kernel_fn(module, name)
+        self.in_ptr, self.in_stride, self.out_ptr, self.out_stride = fn.args
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.vals: dict[Node, ir.Value] = {}
+
+    def emit(self, outputs) -> ir.Function:
+        from .roll import Loop
+        b, fn = self.b, self.fn
+        n_slots = max(len(self.plan.schedule), 1)
+        heap = n_slots > ROLL_STACK_DOUBLES
+        if heap:
+            malloc = self.module.globals.get("malloc") or ir.Function(
+                self.module, ir.FunctionType(PTR, [I64]), name="malloc")
+            self.buf = b.call(malloc, [ir.Constant(I64, 8 * n_slots)], name="buf")
+            ok = b.icmp_unsigned("!=", self.buf, ir.Constant(PTR, None))
+            run, fail = fn.append_basic_block("run"), fn.append_basic_block("nomem")
+            b.cbranch(ok, run, fail)
+            # Out of memory: every output NaN rather than a crash.
+            b.position_at_end(fail)
+            nan = _fconst(float("nan"))
+            _loop_over(b, fn, len(outputs), lambda b, k: b.store(
+                nan, b.gep(self.out_ptr, [b.mul(k, self.out_stride)], source_etype=DOUBLE)),
+                "nan")
+            b.ret_void()
+            b.position_at_end(run)
+        else:
+            self.buf = b.alloca(DOUBLE, ir.Constant(I64, n_slots), name="buf")
+        for seg in self.plan.segments:
+            if isinstance(seg, Loop):
+                self.loop(seg)
+            else:
+                self.straight(seg)
+        self.outputs(outputs)
+        if heap:
+            free = self.module.globals.get("free") or ir.Function(
+                self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
+            b.call(free, [self.buf])
+        b.ret_void()
+        return fn
+
+    def slot(self, idx: ir.Value) -> ir.Value:
+        return self.b.gep(self.buf, [idx], source_etype=DOUBLE)
+
+    def get(self, a: Node) -> ir.Value:
+        """A node's value in straight code (computed, loaded or hoisted before)."""
+        v = self.vals.get(a)
+        if v is None:
+            if a.op == "const":
+                return _fconst(a.attrs[0])
+            if a.op == "input":
+                v = _load_input(self.b, self.in_ptr, self.in_stride, self.plan.input_index, a)
+            else:
+                v = self.b.load(self.slot(ir.Constant(I64, self.plan.position[a])),
+                                typ=DOUBLE, name=f"v{a.id}")
+            self.vals[a] = v
+        return v
+
+    def straight(self, seg: range) -> None:
+        schedule, mem = self.plan.schedule, self.plan.in_memory
+        for i in seg:
+            node = schedule[i]
+            v = self.vals[node] = lower_node(self.b, self.module, node,
+                                             [self.get(a) for a in node.args], self.flags)
+            if mem[i]:
+                self.b.store(v, self.slot(ir.Constant(I64, i)))
+
+    def loop(self, seg) -> None:
+        from .roll import CONST, INPUT, NODE, operand_home
+        b, plan, p = self.b, self.plan, seg.period
+        schedule = plan.schedule
+        # Operands that do not move with the counter are evaluated once, before the loop.
+        hoisted: dict = {}
+        carried: dict = {}         # body element -> its value before the first iteration
+        tables: dict = {}
+        for r, row in enumerate(seg.operands):
+            for k, op in enumerate(row):
+                if op.table is not None:
+                    tables[r, k] = _table(self.module, op.table, f"t{seg.start}.{r}.{k}")
+                elif op.kind == INPUT and op.step == 0:
+                    hoisted[r, k] = self.get(plan.inputs[op.a])
+                elif op.kind == NODE:
+                    home = operand_home(seg, r, op)
+                    if home == "hoisted":
+                        hoisted[r, k] = self.get(schedule[op.a])
+                    elif home == "carried":
+                        carried[op.a - (seg.start - p)] = self.get(schedule[op.a])
+        stores = plan.in_memory[seg.start:seg.stop].reshape(seg.trips, p).any(axis=0)
+        pre = b.block
+        head = self.fn.append_basic_block(f"loop{seg.start}")
+        done = self.fn.append_basic_block(f"loop{seg.start}.end")
+        b.branch(head)
+        b.position_at_end(head)
+        j = b.phi(I64, name=f"j{seg.start}")
+        j.add_incoming(ir.Constant(I64, 0), pre)
+        phis = {}
+        for rr, first in carried.items():
+            phis[rr] = b.phi(DOUBLE, name=f"c{seg.start}.{rr}")
+            phis[rr].add_incoming(first, pre)
+
+        def index(op, at):
+            """The operand's position / input index / constant in iteration ``j``."""
+            if at not in tables:
+                return b.add(ir.Constant(I64, op.a), b.mul(j, ir.Constant(I64, op.step)))
+            table, elem = tables[at]
+            v = b.load(b.gep(table, [j], source_etype=elem), typ=elem)
+            return v if elem == DOUBLE else b.sext(v, I64)
+
+        body: list[ir.Value] = []
+        for r, row in enumerate(seg.operands):
+            args = []
+            for k, op in enumerate(row):
+                if (r, k) in hoisted:
+                    args.append(hoisted[r, k])
+                elif op.kind == CONST:
+                    args.append(index(op, (r, k)) if (r, k) in tables else _fconst(op.a))
+                elif op.kind == INPUT:
+                    off = b.mul(index(op, (r, k)), self.in_stride)
+                    args.append(b.load(b.gep(self.in_ptr, [off], source_etype=DOUBLE),
+                                       typ=DOUBLE))
+                else:
+                    home = operand_home(seg, r, op)
+                    if home == "ssa":
+                        args.append(body[op.a - seg.start])
+                    elif home == "carried":
+                        args.append(phis[op.a - (seg.start - p)])
+                    else:
+                        args.append(b.load(self.slot(index(op, (r, k))), typ=DOUBLE))
+            v = lower_node(b, self.module, schedule[seg.start + r], args, self.flags)
+            body.append(v)
+            if stores[r]:
+                b.store(v, self.slot(b.add(ir.Constant(I64, seg.start + r),
+                                           b.mul(j, ir.Constant(I64, p)))))
+        nxt = b.add(j, ir.Constant(I64, 1))
+        j.add_incoming(nxt, b.block)
+        for rr, phi in phis.items():
+            phi.add_incoming(body[rr], b.block)
+        b.cbranch(b.icmp_signed("<", nxt, ir.Constant(I64, seg.trips)), head, done)
+        b.position_at_end(done)
+
+    def outputs(self, outputs) -> None:
+        """Store the outputs; runs of buffered values at evenly spaced positions are
+        copied by a loop."""
+        b, position, mem = self.b, self.plan.position, self.plan.in_memory
+        k = 0
+        while k < len(outputs):
+            at = [position.get(o, -1) for o in outputs[k:k + 2]]
+            run, step = 1, 0
+            if len(at) == 2 and min(at) >= 0 and mem[at[0]] and mem[at[1]]:
+                step = at[1] - at[0]
+                while k + run < len(outputs):
+                    q = position.get(outputs[k + run], -1)
+                    if q < 0 or not mem[q] or q != at[0] + run * step:
+                        break
+                    run += 1
+            if run >= 8:
+                def copy(b, t, k=k, a=at[0], step=step):
+                    src = b.load(self.slot(b.add(ir.Constant(I64, a),
+                                                 b.mul(t, ir.Constant(I64, step)))),
+                                 typ=DOUBLE)
+                    off = b.mul(b.add(t, ir.Constant(I64, k)), self.out_stride)
+                    b.store(src, b.gep(self.out_ptr, [off], source_etype=DOUBLE))
+                _loop_over(b, self.fn, run, copy, f"out{k}")
+                k += run
+                continue
+            off = b.mul(self.out_stride, ir.Constant(I64, k))
+            b.store(self.get(outputs[k]), b.gep(self.out_ptr, [off], source_etype=DOUBLE))
+            k += 1
+
+
+def _table(module: ir.Module, values, name: str) -> tuple:
+    """A constant global array of i32 positions / input indices or of double constants,
+    and its element type."""
+    import numpy as np
+    values = np.asarray(values)
+    elem = DOUBLE if values.dtype.kind == "f" else ir.IntType(32)
+    # As raw little-endian bytes: formatting one IR constant per element costs more.
+    raw = values.astype("<f8" if elem == DOUBLE else "<i4").tobytes()
+    ty = ir.ArrayType(ir.IntType(8), len(raw))
+    g = ir.GlobalVariable(module, ty, name=name)
+    g.global_constant = True
+    g.linkage = "internal"
+    g.align = 8
+    g.initializer = ir.Constant(ty, bytearray(raw))
+    return g, elem
+
+
+def _loop_over(b, fn, count: int, body, name: str) -> None:
+    """``for k in range(count): body(b, k)`` at the builder's position."""
+    pre = b.block
+    head = fn.append_basic_block(name)
+    done = fn.append_basic_block(f"{name}.end")
+    b.cbranch(b.icmp_signed(">", ir.Constant(I64, count), ir.Constant(I64, 0)), head, done)
+    b.position_at_end(head)
+    k = b.phi(I64, name=name)
+    k.add_incoming(ir.Constant(I64, 0), pre)
+    body(b, k)
+    nxt = b.add(k, ir.Constant(I64, 1))
+    k.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, ir.Constant(I64, count)), head, done)
+    b.position_at_end(done)
 
 
 def _load_input(b, in_ptr, in_stride, index, node):

@@ -65,6 +65,9 @@ _ONE = ctypes.c_int64(1)
 # 1.7 us; Rosenbrock n=1000 (18k nodes) 0.9 s instead of 3.9 s, 8.5 instead of 5.6 us.
 # Register allocation at O1+ dominates machine-code time on long straight-line kernels.
 FAST_BUILD_NODES = 2_000
+# Graphs up to this many live nodes are never rolled into loops: straight-line code is
+# faster to run and already cheap to build.
+ROLL_MIN_NODES = 1_000
 
 
 class _Native:
@@ -87,9 +90,11 @@ class _Native:
         self._batch = None
         self.batch_module = None
         self._lock = threading.Lock()
+        # {"loops", "rolled_nodes", "body_nodes"} of a rolled kernel (codegen/roll.py)
+        self.rolled: dict | None = None
 
     __slots__ = ("module", "kernel", "py_address", "py_name", "py_spec", "_build_batch",
-                 "_batch", "batch_module", "_lock", "__weakref__")
+                 "_batch", "batch_module", "_lock", "rolled", "__weakref__")
 
     @property
     def batch(self):
@@ -110,9 +115,9 @@ class _Native:
         return getattr(self.module, attr) + "\n" + getattr(self.batch_module, attr)
 
 
-def _emit_body(lower, module, graph, outputs, name: str, flags, fname: str):
+def _emit_body(lower, module, graph, outputs, name: str, flags, fname: str, plan=None):
     try:
-        return lower.emit_kernel(module, graph, outputs, name, flags)
+        return lower.emit_kernel(module, graph, outputs, name, flags, plan)
     except NotImplementedError as exc:
         raise SymadError(f"cannot compile {fname}: {exc}") from exc
 
@@ -298,9 +303,6 @@ class _Specialization:
             spec = None
         live = self.n_nodes = len(graph.live(outputs))
         levels = jit.choose_levels(live, owner._opt_level)
-        call_levels = levels
-        if owner._opt_level in (None, "auto") and live > FAST_BUILD_NODES:
-            call_levels = (levels[0], 0)
         text = graph.to_text(outputs)
         body = text.split("\n", 1)[1] if "\n" in text else text   # without the name
         leaf_sizes = (tuple(self.sizes), tuple(_size(s) for s in self.out_leaf_shapes))
@@ -314,8 +316,15 @@ class _Specialization:
             logs.stage("lowering", f"{live} nodes")
             base = f"symad_{_safe_name(owner.__name__)}"
             module = jit.new_module(base)
+            # The single-call kernel runs repeated stretches as loops when that shrinks it
+            # (codegen/roll.py): small code compiles at full optimisation in milliseconds.
+            plan = lower.rolled_plan(graph, outputs) if live > ROLL_MIN_NODES else None
+            size = plan.body_size() if plan is not None else live
+            call_levels = jit.choose_levels(size, owner._opt_level)
+            if owner._opt_level in (None, "auto") and size > FAST_BUILD_NODES:
+                call_levels = (call_levels[0], 0)
             body = _emit_body(lower, module, graph, outputs, f"{base}_kernel.body", flags,
-                              owner.__name__)
+                              owner.__name__, plan)
             kernel = abi.emit_kernel_entry(module, body, f"{base}_kernel")
             py_name = None
             if spec is not None:
@@ -326,15 +335,15 @@ class _Specialization:
             logs.stage("llvm", f"{live} nodes, O{levels[0]} IR, O{levels[1]} machine code")
             folder = diskcache.cache_dir(owner._cache)
 
-            def compile_llvm(module, symbols, content_key, levels):
+            def compile_llvm(module, symbols, content_key, levels, unroll=True):
                 if folder is None:
                     return jit.compile_module(module, symbols, speed_level=levels[0],
-                                              codegen_level=levels[1])
+                                              codegen_level=levels[1], unroll=unroll)
                 return diskcache.compile_module(folder, content_key, module, symbols,
                                                 speed_level=levels[0],
-                                                codegen_level=levels[1])
+                                                codegen_level=levels[1], unroll=unroll)
 
-            mod = compile_llvm(module, symbols, key, call_levels)
+            mod = compile_llvm(module, symbols, key, call_levels, unroll=plan is None)
             seconds.update(mod.seconds)
             name = owner.__name__
 
@@ -356,6 +365,11 @@ class _Specialization:
                     f"{base}_batch"
 
             native = _Native(mod, symbols[0], py_name, spec, build_batch)
+            if plan is not None:
+                native.rolled = {"loops": sum(1 for s in plan.segments
+                                              if not isinstance(s, range)),
+                                 "rolled_nodes": plan.rolled_nodes,
+                                 "body_nodes": plan.body_size()}
             with _CACHE_LOCK:
                 native = _CACHE.setdefault(key, native)
         else:
@@ -374,8 +388,10 @@ class _Specialization:
         nodes["llvm_ir"] = _count_instructions(native.module.llvm_ir)
         nodes["optimized_ir"] = _count_instructions(native.module.optimized_ir)
         self.stats = {"nodes": nodes, "seconds": seconds, "cached": cached,
-                      "opt_level": {"ir": levels[0], "machine_code": call_levels[1],
-                                    "batch_machine_code": levels[1]},
+                      "rolled": native.rolled,
+                      "opt_level": {"ir": native.module.speed_level,
+                                    "machine_code": native.module.codegen_level,
+                                    "batch_ir": levels[0], "batch_machine_code": levels[1]},
                       "fastmath": flags, "disk_cache": native.module.disk_cache}
         logs.timings(owner.__name__, self.stats)
 

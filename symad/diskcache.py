@@ -35,7 +35,8 @@ import zlib
 log = logging.getLogger("symad")
 
 ENV_VAR = "SYMAD_CACHE_DIR"
-FORMAT = 1
+# Bumped whenever the emitted code changes for the same graph (2: rolled loops).
+FORMAT = 2
 MAGIC = b"SYMADOBJ"
 _DIGEST = 32
 
@@ -144,7 +145,7 @@ def store(folder: str, key: str, obj: bytes, optimized_ir: str) -> None:
 
 
 def compile_module(folder: str, content_key: str, module, symbols: list[str], *,
-                   speed_level: int, codegen_level: int):
+                   speed_level: int, codegen_level: int, unroll: bool = True):
     """Like ``jit.compile_module``, through the cache in ``folder``."""
     from symad.codegen import jit
     from symad.errors import CodegenError
@@ -165,7 +166,8 @@ def compile_module(folder: str, content_key: str, module, symbols: list[str], *,
                         key[:16], exc)
     captured: list[bytes] = []
     mod = jit.compile_module(module, symbols, speed_level=speed_level,
-                             codegen_level=codegen_level, on_object=captured.append)
+                             codegen_level=codegen_level, unroll=unroll,
+                             on_object=captured.append)
     if captured:
         store(folder, key, captured[-1], mod.optimized_ir)
     mod.disk_cache = "miss"
