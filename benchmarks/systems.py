@@ -82,14 +82,16 @@ def build_symad(p: Problem) -> Impl:
     args = p.args()
     cf(*args)
 
+    # One thread, like every other system's batching here (symad's default would use
+    # all cores once a batch is large).
     def batch(X):
         bargs = p.batch_args(X)
-        return lambda: cf.batch(*bargs)
+        return lambda: cf.batch(*bargs, threads=1)
 
     def value():
         cv = symad.compile(f)
         cv(*args)
-        return (lambda: cv(*args)), (lambda X: (lambda b: (lambda: cv.batch(*b)))(
+        return (lambda: cv(*args)), (lambda X: (lambda b: (lambda: cv.batch(*b, threads=1)))(
             p.batch_args(X)))
     stats = cf.stats
     return Impl(call=lambda: cf(*args), result=lambda r: _flat(*r), batch=batch, value=value,

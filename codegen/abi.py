@@ -55,6 +55,11 @@ def batch_tile(n_in: int, n_out: int) -> int:
     return tile
 
 
+def batch_scratch_doubles(n_in: int, n_out: int, kernel_buffer: int = 0) -> int:
+    """Doubles of scratch one ``emit_batch`` entry needs per thread."""
+    return (n_in + n_out) * batch_tile(n_in, n_out) + kernel_buffer
+
+
 def _loop(b: ir.IRBuilder, lo, hi, body, name: str = "i"):
     """Emit ``for i in range(lo, hi): body(b, i)`` (skipped when ``lo >= hi``)."""
     fn = b.function
@@ -120,8 +125,9 @@ def emit_kernel_entry(module: ir.Module, body: ir.Function, name: str) -> ir.Fun
     return fn
 
 
-def emit_batch(module: ir.Module, kernel: ir.Function, name: str, in_sizes, out_sizes,
-               vector_kernel: ir.Function | None = None, width: int = 4) -> ir.Function:
+def emit_batch(module: ir.Module, kernel: ir.Function | None, name: str, in_sizes,
+               out_sizes, vector_kernel: ir.Function | None = None, width: int = 4,
+               kernel_buffer: int = 0) -> ir.Function:
     """``void name(double** ins, double** outs, i64 start, i64 end, double* scratch)``.
 
     Input leaf ``k`` is a C-order array with ``in_sizes[k]`` doubles per point (its
@@ -131,6 +137,9 @@ def emit_batch(module: ir.Module, kernel: ir.Function, name: str, in_sizes, out_
     are the constant tile size), scatter the outputs. No copy of the caller's arrays.
     With ``vector_kernel`` (``width`` points per call, see ``lower.emit_vector_kernel``)
     whole groups of ``width`` points use it and only the tail runs the scalar kernel.
+    ``kernel_buffer``: the vector kernel takes a fifth argument, a buffer of that many
+    doubles (a rolled kernel's values, ``lower.emit_rolled``), placed in ``scratch``
+    after the tile: the caller sizes scratch by ``batch_scratch_doubles``.
     """
     n_in, n_out = sum(in_sizes), sum(out_sizes)
     tile = batch_tile(n_in, n_out)
@@ -158,10 +167,13 @@ def emit_batch(module: ir.Module, kernel: ir.Function, name: str, in_sizes, out_
         # scratch and are never copied out.
         if vector_kernel is not None:
             w = ir.Constant(I64, width)
+            extra = [b.gep(scratch, [ir.Constant(I64, (n_in + n_out) * tile)],
+                           source_etype=DOUBLE)] if kernel_buffer else []
             _loop(b, ir.Constant(I64, 0), ir.Constant(I64, tile // width),
                   lambda b, v: b.call(vector_kernel, [
                       b.gep(tile_in, [b.mul(v, w)], source_etype=DOUBLE), t,
-                      b.gep(tile_out, [b.mul(v, w)], source_etype=DOUBLE), t]), "vec")
+                      b.gep(tile_out, [b.mul(v, w)], source_etype=DOUBLE), t, *extra]),
+                  "vec")
         else:
             _loop(b, ir.Constant(I64, 0), t, lambda b, i: b.call(kernel, [
                 b.gep(tile_in, [i], source_etype=DOUBLE), t,

@@ -180,7 +180,11 @@ def vector_symbol(low, arity: int, width: int = 4) -> str | None:
 
 
 def lower_node(b: ir.IRBuilder, module: ir.Module, node: Node, args: list,
-               flags: tuple) -> ir.Value:
+               flags: tuple, vector_math: bool = True) -> ir.Value:
+    """The value of ``node`` from its operands' values (doubles, or vectors of doubles
+    for several points at once). Vector transcendentals call libmvec when
+    ``vector_math`` (only under fast-math: a few ulp from scalar libm), else scalar libm
+    once per lane, bit-identical to scalar code."""
     spec = OPS.get(node.op)
     low = spec.lower
     name = f"v{node.id}"
@@ -191,6 +195,14 @@ def lower_node(b: ir.IRBuilder, module: ir.Module, node: Node, args: list,
     if isinstance(low, (Intrinsic, Libm)) and isinstance(args[0].type, ir.VectorType):
         vty = args[0].type
         sym = vector_symbol(low, spec.arity, vty.count)
+        if sym is not None and not vector_math:
+            callee = _callee(module, low, spec.arity)
+            out = ir.Constant(vty, ir.Undefined)
+            for lane in range(vty.count):
+                at = ir.Constant(ir.IntType(32), lane)
+                x = b.call(callee, [b.extract_element(a, at) for a in args], fastmath=flags)
+                out = b.insert_element(out, x, at)
+            return out
         if sym is None:   # llvmlite's declare_intrinsic has no vector suffixes
             sym = f"{low.name}.v{vty.count}f64"
         fn = module.globals.get(sym) or ir.Function(
@@ -319,31 +331,66 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
 
 
 def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
-                flags: tuple = ()) -> ir.Function:
+                flags: tuple = (), width: int = 1, vector_math: bool = False) -> ir.Function:
     """The kernel of ``plan`` (``roll.plan``): straight segments as SSA code, each loop as
     one counted loop whose body computes one iteration. A value read back by other code
     (a later iteration, another loop, straight code after a loop, an output) is stored in
     a buffer at its schedule position, so every such address is affine in the counter
-    (or read from an index table)."""
-    return _Rolled(module, plan, name, flags).emit(outputs)
+    (or read from an index table).
+
+    ``width == 1``: ``void name(const double* in, i64 is, double* out, i64 os)``, the
+    buffer on the stack (on the heap above ``ROLL_STACK_DOUBLES``). ``width > 1``: the
+    same over ``width`` consecutive points at once (as ``emit_vector_kernel``), with the
+    buffer, ``rolled_buffer_doubles(plan, width)`` doubles, passed as a fifth argument by
+    the batch loop. ``vector_math``: see ``lower_node``."""
+    return _Rolled(module, plan, name, flags, width, vector_math).emit(outputs)
+
+
+def rolled_buffer_doubles(plan, width: int) -> int:
+    return max(len(plan.schedule), 1) * width
 
 
 class _Rolled:
     """The state of one ``emit_rolled`` call."""
 
-    def __init__(self, module, plan, name, flags):
+    def __init__(self, module, plan, name, flags, width, vector_math):
         self.module, self.plan, self.flags = module, plan, flags
-        self.fn = fn = _kernel_fn(module, name)
-        self.in_ptr, self.in_stride, self.out_ptr, self.out_stride = fn.args
+        self.width, self.vector_math = width, vector_math
+        self.ty = DOUBLE if width == 1 else ir.VectorType(DOUBLE, width)
+        self.fn = fn = _kernel_fn(module, name, extra=(PTR,) if width > 1 else ())
+        self.in_ptr, self.in_stride, self.out_ptr, self.out_stride = fn.args[:4]
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.vals: dict[Node, ir.Value] = {}
+
+    def const(self, v: float) -> ir.Constant:
+        return ir.Constant(self.ty, float(v)) if self.width == 1 else \
+            ir.Constant(self.ty, [float(v)] * self.width)
+
+    def load(self, ptr, name: str = "") -> ir.Value:
+        v = self.b.load(ptr, typ=self.ty, name=name)
+        v.align = 8
+        return v
+
+    def store(self, v, ptr) -> None:
+        self.b.store(v, ptr).align = 8
+
+    def input(self, index: ir.Value, name: str = "") -> ir.Value:
+        off = self.b.mul(index, self.in_stride)
+        return self.load(self.b.gep(self.in_ptr, [off], source_etype=DOUBLE), name)
+
+    def output(self, k: ir.Value, v: ir.Value) -> None:
+        off = self.b.mul(k, self.out_stride)
+        self.store(v, self.b.gep(self.out_ptr, [off], source_etype=DOUBLE))
 
     def emit(self, outputs) -> ir.Function:
         from .roll import Loop
         b, fn = self.b, self.fn
-        n_slots = max(len(self.plan.schedule), 1)
-        heap = n_slots > ROLL_STACK_DOUBLES
-        if heap:
+        n_slots = rolled_buffer_doubles(self.plan, 1)
+        heap = self.width == 1 and n_slots > ROLL_STACK_DOUBLES
+        if self.width > 1:
+            self.buf = fn.args[4]
+            self.buf.add_attribute("noalias")
+        elif heap:
             malloc = self.module.globals.get("malloc") or ir.Function(
                 self.module, ir.FunctionType(PTR, [I64]), name="malloc")
             self.buf = b.call(malloc, [ir.Constant(I64, 8 * n_slots)], name="buf")
@@ -352,10 +399,8 @@ class _Rolled:
             b.cbranch(ok, run, fail)
             # Out of memory: every output NaN rather than a crash.
             b.position_at_end(fail)
-            nan = _fconst(float("nan"))
-            _loop_over(b, fn, len(outputs), lambda b, k: b.store(
-                nan, b.gep(self.out_ptr, [b.mul(k, self.out_stride)], source_etype=DOUBLE)),
-                "nan")
+            nan = self.const(float("nan"))
+            _loop_over(b, fn, len(outputs), lambda b, k: self.output(k, nan), "nan")
             b.ret_void()
             b.position_at_end(run)
         else:
@@ -374,30 +419,35 @@ class _Rolled:
         return fn
 
     def slot(self, idx: ir.Value) -> ir.Value:
-        return self.b.gep(self.buf, [idx], source_etype=DOUBLE)
+        return self.b.gep(self.buf, [idx], source_etype=self.ty)
 
     def get(self, a: Node) -> ir.Value:
         """A node's value in straight code (computed, loaded or hoisted before)."""
         v = self.vals.get(a)
         if v is None:
             if a.op == "const":
-                return _fconst(a.attrs[0])
+                return self.const(a.attrs[0])
             if a.op == "input":
-                v = _load_input(self.b, self.in_ptr, self.in_stride, self.plan.input_index, a)
+                j = self.plan.input_index.get(a)
+                if j is None:
+                    raise NotImplementedError(f"{a.line()} is a free variable, not a graph "
+                                              "input; only closed graphs can be compiled")
+                v = self.input(ir.Constant(I64, j), f"v{a.id}")
             else:
-                v = self.b.load(self.slot(ir.Constant(I64, self.plan.position[a])),
-                                typ=DOUBLE, name=f"v{a.id}")
+                v = self.load(self.slot(ir.Constant(I64, self.plan.position[a])), f"v{a.id}")
             self.vals[a] = v
         return v
+
+    def lower(self, node: Node, args: list) -> ir.Value:
+        return lower_node(self.b, self.module, node, args, self.flags, self.vector_math)
 
     def straight(self, seg: range) -> None:
         schedule, mem = self.plan.schedule, self.plan.in_memory
         for i in seg:
             node = schedule[i]
-            v = self.vals[node] = lower_node(self.b, self.module, node,
-                                             [self.get(a) for a in node.args], self.flags)
+            v = self.vals[node] = self.lower(node, [self.get(a) for a in node.args])
             if mem[i]:
-                self.b.store(v, self.slot(ir.Constant(I64, i)))
+                self.store(v, self.slot(ir.Constant(I64, i)))
 
     def loop(self, seg) -> None:
         from .roll import CONST, INPUT, NODE, operand_home
@@ -429,7 +479,7 @@ class _Rolled:
         j.add_incoming(ir.Constant(I64, 0), pre)
         phis = {}
         for rr, first in carried.items():
-            phis[rr] = b.phi(DOUBLE, name=f"c{seg.start}.{rr}")
+            phis[rr] = b.phi(self.ty, name=f"c{seg.start}.{rr}")
             phis[rr].add_incoming(first, pre)
 
         def index(op, at):
@@ -447,11 +497,10 @@ class _Rolled:
                 if (r, k) in hoisted:
                     args.append(hoisted[r, k])
                 elif op.kind == CONST:
-                    args.append(index(op, (r, k)) if (r, k) in tables else _fconst(op.a))
+                    args.append(self.splat(index(op, (r, k))) if (r, k) in tables
+                                else self.const(op.a))
                 elif op.kind == INPUT:
-                    off = b.mul(index(op, (r, k)), self.in_stride)
-                    args.append(b.load(b.gep(self.in_ptr, [off], source_etype=DOUBLE),
-                                       typ=DOUBLE))
+                    args.append(self.input(index(op, (r, k))))
                 else:
                     home = operand_home(seg, r, op)
                     if home == "ssa":
@@ -459,18 +508,28 @@ class _Rolled:
                     elif home == "carried":
                         args.append(phis[op.a - (seg.start - p)])
                     else:
-                        args.append(b.load(self.slot(index(op, (r, k))), typ=DOUBLE))
-            v = lower_node(b, self.module, schedule[seg.start + r], args, self.flags)
+                        args.append(self.load(self.slot(index(op, (r, k)))))
+            v = self.lower(schedule[seg.start + r], args)
             body.append(v)
             if stores[r]:
-                b.store(v, self.slot(b.add(ir.Constant(I64, seg.start + r),
-                                           b.mul(j, ir.Constant(I64, p)))))
+                self.store(v, self.slot(b.add(ir.Constant(I64, seg.start + r),
+                                              b.mul(j, ir.Constant(I64, p)))))
         nxt = b.add(j, ir.Constant(I64, 1))
         j.add_incoming(nxt, b.block)
         for rr, phi in phis.items():
             phi.add_incoming(body[rr], b.block)
         b.cbranch(b.icmp_signed("<", nxt, ir.Constant(I64, seg.trips)), head, done)
         b.position_at_end(done)
+
+    def splat(self, v: ir.Value) -> ir.Value:
+        """A double as this kernel's value type (all lanes equal)."""
+        if self.width == 1:
+            return v
+        i32 = ir.IntType(32)
+        one = self.b.insert_element(ir.Constant(self.ty, ir.Undefined), v, ir.Constant(i32, 0))
+        return self.b.shuffle_vector(one, ir.Constant(self.ty, ir.Undefined),
+                                     ir.Constant(ir.VectorType(i32, self.width),
+                                                 [0] * self.width))
 
     def outputs(self, outputs) -> None:
         """Store the outputs; runs of buffered values at evenly spaced positions are
@@ -489,16 +548,13 @@ class _Rolled:
                     run += 1
             if run >= 8:
                 def copy(b, t, k=k, a=at[0], step=step):
-                    src = b.load(self.slot(b.add(ir.Constant(I64, a),
-                                                 b.mul(t, ir.Constant(I64, step)))),
-                                 typ=DOUBLE)
-                    off = b.mul(b.add(t, ir.Constant(I64, k)), self.out_stride)
-                    b.store(src, b.gep(self.out_ptr, [off], source_etype=DOUBLE))
+                    src = self.load(self.slot(b.add(ir.Constant(I64, a),
+                                                    b.mul(t, ir.Constant(I64, step)))))
+                    self.output(b.add(t, ir.Constant(I64, k)), src)
                 _loop_over(b, self.fn, run, copy, f"out{k}")
                 k += run
                 continue
-            off = b.mul(self.out_stride, ir.Constant(I64, k))
-            b.store(self.get(outputs[k]), b.gep(self.out_ptr, [off], source_etype=DOUBLE))
+            self.output(ir.Constant(I64, k), self.get(outputs[k]))
             k += 1
 
 

@@ -112,45 +112,60 @@ class Plan:
         return total
 
 
-def _operands(schedule, position, input_index):
-    """Arrays ``kind`` and ``ref`` of shape (N, 3) (a constant's ref is its node id:
-    constants are interned, so equal ids mean bit-identical values), and a signature id
-    per node. Commutative binary ops take their operands in kind order (node, input,
-    constant), so that ``c*x`` and ``x*c`` look alike."""
-    n = len(schedule)
-    kind = np.zeros((n, 3), np.int8)
-    ref = np.zeros((n, 3), np.int64)
-    sig_ids: dict = {}
-    sig = np.empty(n, np.int64)
-    for i, node in enumerate(schedule):
-        kinds = []
-        refs = []
-        for a in node.args:
-            if a.op == "const":
-                kinds.append(CONST)
-                refs.append(a.id)
-            elif a.op == "input":
-                j = input_index.get(a)
-                if j is None:
-                    raise NotImplementedError(
-                        f"{a.line()} is a free variable, not a graph input; only closed "
-                        "graphs can be compiled")
-                kinds.append(INPUT)
-                refs.append(j)
-            else:
-                kinds.append(NODE)
-                refs.append(position[a])
-        if len(kinds) == 2 and kinds[0] > kinds[1] and OPS[node.op].commutative:
-            kinds.reverse()
-            refs.reverse()
-        kind[i, :len(kinds)] = kinds
-        ref[i, :len(refs)] = refs
-        key = (node.op, node.attrs, *kinds)
-        s = sig_ids.get(key)
-        if s is None:
-            s = sig_ids[key] = len(sig_ids)
-        sig[i] = s
-    return kind, ref, sig
+def _operands(graph: Graph, creation: list) -> tuple:
+    """Per op node in creation order: operand kinds and refs, shape (N, 3), and a
+    signature (op, attributes, operand kinds). A NODE ref is the operand's creation
+    position, an INPUT ref its input index, a CONST ref the constant's node id (constants
+    are interned, so equal ids mean bit-identical values). Commutative binary ops take
+    their operands in kind order (node, input, constant), so ``c*x`` and ``x*c`` look
+    alike. Vectorised over node ids: a per-node Python loop costs more than the rest of
+    planning together."""
+    n = len(creation)
+    at = {node: i for i, node in enumerate(creation)}
+    keys: dict = {}
+    key = np.fromiter((keys.setdefault((node.op, node.attrs), len(keys))
+                       for node in creation), np.int64, n)
+    arg_id = np.full((n, 3), -1, np.int64)
+    for k in range(3):
+        rows = [i for i, node in enumerate(creation) if len(node.args) > k]
+        arg_id[rows, k] = [creation[i].args[k].id for i in rows]
+    size = len(graph.nodes)
+    pos_of = np.full(size + 1, -1, np.int64)        # index -1 (no operand) stays -1
+    pos_of[[node.id for node in creation]] = np.arange(n)
+    input_of = np.full(size + 1, -1, np.int64)
+    input_of[[node.id for node in graph.inputs]] = np.arange(len(graph.inputs))
+    present = arg_id >= 0
+    pos, inp = pos_of[arg_id], input_of[arg_id]
+    kind = np.where(~present, NONE, np.where(pos >= 0, NODE, np.where(inp >= 0, INPUT, CONST)))
+    ref = np.where(kind == NODE, pos, np.where(kind == INPUT, inp,
+                                               np.where(present, arg_id, 0)))
+    for cid in np.unique(arg_id[kind == CONST]):
+        node = graph.nodes[int(cid)]
+        if node.op != "const":
+            raise NotImplementedError(f"{node.line()} is a free variable, not a graph input; "
+                                      "only closed graphs can be compiled")
+    commutative = np.array([OPS[op].commutative for op, _ in keys], bool)
+    swap = commutative[key] & present[:, 1] & ~present[:, 2] & (kind[:, 0] > kind[:, 1])
+    kind[swap, :2] = kind[swap, 1::-1]
+    ref[swap, :2] = ref[swap, 1::-1]
+    kind = kind.astype(np.int8)
+    sig = key * 64 + kind[:, 0] * 16 + kind[:, 1] * 4 + kind[:, 2]
+    return creation, at, kind, ref, sig
+
+
+def _reorder(table: tuple, schedule: list) -> tuple:
+    """``_operands`` for ``schedule``, a reordering of the creation-order nodes: rows
+    permuted, NODE refs renumbered to positions in ``schedule``."""
+    creation, at, kind, ref, sig = table
+    if schedule is creation:
+        return kind, ref, sig
+    order = np.fromiter((at[node] for node in schedule), np.int64, len(schedule))
+    new_pos = np.empty_like(order)
+    new_pos[order] = np.arange(len(order))
+    kind, ref = kind[order], ref[order]
+    nodes = kind == NODE
+    ref[nodes] = new_pos[ref[nodes]]
+    return kind, ref, sig[order]
 
 
 def _streaks(sig: np.ndarray, p: int) -> np.ndarray:
@@ -177,9 +192,10 @@ def plan(graph: Graph, outputs: Sequence[Node]) -> Plan:
     loops, 49 body nodes) 3.7 us against 5.3 us in creation order (13 loops, 21 body
     nodes, arrays passed through memory); the 4-8-1 network loss in creation order
     (118 body nodes) 2.8 us and 0.11 s against 2.85 us and 0.25 s depth-first (801)."""
-    plans = sorted((plan_schedule(graph, order, outputs)
-                    for order in (creation_schedule(graph, outputs),
-                                  depth_first_schedule(graph, outputs))),
+    creation = creation_schedule(graph, outputs)
+    table = _operands(graph, creation)
+    plans = sorted((plan_schedule(graph, order, outputs, table)
+                    for order in (creation, depth_first_schedule(graph, outputs))),
                    key=Plan.body_size)
     small, large = plans
     if large.work() <= FASTER * small.work() and \
@@ -193,13 +209,17 @@ def creation_schedule(graph: Graph, outputs: Sequence[Node]) -> list[Node]:
     return [n for n in graph.live(outputs) if n.args]
 
 
-def plan_schedule(graph: Graph, schedule: list, outputs: Sequence[Node]) -> Plan:
-    """Loops over ``schedule``, a topological order of the op nodes of ``outputs``."""
+def plan_schedule(graph: Graph, schedule: list, outputs: Sequence[Node],
+                  table: tuple | None = None) -> Plan:
+    """Loops over ``schedule``, a topological order of the op nodes of ``outputs``
+    (``table``: ``_operands`` of the same nodes in creation order, when already known)."""
     min_trips, min_nodes, max_period = MIN_TRIPS, MIN_NODES, MAX_PERIOD
     position = {n: i for i, n in enumerate(schedule)}
     input_index = {n: j for j, n in enumerate(graph.inputs)}
     n = len(schedule)
-    kind, ref, sig = _operands(schedule, position, input_index)
+    if table is None:
+        table = _operands(graph, creation_schedule(graph, outputs))
+    kind, ref, sig = _reorder(table, schedule)
 
     # Per start position: the longest stretch a loop could cover (equal signatures one
     # period apart), and the smallest period that covers it.
@@ -259,7 +279,7 @@ def depth_first_schedule(graph: Graph, outputs: Sequence[Node]) -> list[Node]:
     seen = bytearray(len(graph.nodes))
     order: list[Node] = []
     for out in outputs:
-        if seen[out.id]:
+        if seen[out.id] or not out.args:
             continue
         seen[out.id] = 1
         stack = [(out, iter(_latest_first(out.args)))]
@@ -268,12 +288,12 @@ def depth_first_schedule(graph: Graph, outputs: Sequence[Node]) -> list[Node]:
             for a in todo:
                 if not seen[a.id]:
                     seen[a.id] = 1
-                    stack.append((a, iter(_latest_first(a.args))))
-                    break
+                    if a.args:          # leaves (inputs, constants) are not scheduled
+                        stack.append((a, iter(_latest_first(a.args))))
+                        break
             else:
                 stack.pop()
-                if node.args:
-                    order.append(node)
+                order.append(node)
     return order
 
 
