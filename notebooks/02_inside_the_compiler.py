@@ -134,7 +134,8 @@ for x in g.inputs:
 # node, all in the *same* graph as the forward pass (so forward values such as
 # `%0 = x1` and `cos` of `%1` are reused, and interning merges repeated work). Structural
 # zeros are never built and exact identities fold: the seed is 1, so $1 \cdot p$ is just
-# $p$; $\bar v_3 = -1$ becomes a `neg`. What is left is the extended graph:
+# $p$; $\bar v_3 = -1$ would be a `neg`, and adding a negated value is a `sub`
+# ($a + (-b) = a - b$ exactly). What is left is the extended graph:
 
 # %%
 st = symad.api.trace_call(f, X, grad_argnums=(0, 1))

@@ -237,6 +237,12 @@ def _add_rule(g, args, attrs):
         return x
     if _is(x, -0.0):
         return y
+    # x + (-y) == x - y exactly (IEEE subtraction is addition of the negation): the
+    # reverse pass accumulates negated partials, and this saves a node for each.
+    if y.op == "neg":
+        return g.node("sub", (x, y.args[0]))
+    if x.op == "neg":
+        return g.node("sub", (y, x.args[0]))
     return None
 
 
@@ -244,6 +250,8 @@ def _sub_rule(g, args, attrs):
     x, y = args
     if _is(y, 0.0):       # x - (+0.0) == x for every x, including -0.0
         return x
+    if y.op == "neg":     # x - (-y) == x + y exactly
+        return g.node("add", (x, y.args[0]))
     return None
 
 

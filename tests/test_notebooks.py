@@ -127,7 +127,7 @@ def test_notebook_2_inside_the_compiler(executed):
     assert _images(nb) >= 2                       # forward DAG and extended DAG pictures
     key = _key_numbers(nb)
     assert key["forward_ops"] == 5
-    assert key["extended_ops"] == 10
+    assert key["extended_ops"] == 9
     assert key["sweep_grad"] == pytest.approx([5.5, 1.7163378145367738], rel=1e-15)
     assert key["graph_grad"] == key["sweep_grad"]
     text = _stream_text(nb)
