@@ -347,7 +347,7 @@ def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
 
 
 def rolled_buffer_doubles(plan, width: int) -> int:
-    return max(len(plan.schedule), 1) * width
+    return max(plan.n_slots, 1) * width
 
 
 class _Rolled:
@@ -434,7 +434,8 @@ class _Rolled:
                                               "input; only closed graphs can be compiled")
                 v = self.input(ir.Constant(I64, j), f"v{a.id}")
             else:
-                v = self.load(self.slot(ir.Constant(I64, self.plan.position[a])), f"v{a.id}")
+                at = self.plan.slot_of[self.plan.position[a]]
+                v = self.load(self.slot(ir.Constant(I64, int(at))), f"v{a.id}")
             self.vals[a] = v
         return v
 
@@ -447,7 +448,7 @@ class _Rolled:
             node = schedule[i]
             v = self.vals[node] = self.lower(node, [self.get(a) for a in node.args])
             if mem[i]:
-                self.store(v, self.slot(ir.Constant(I64, i)))
+                self.store(v, self.slot(ir.Constant(I64, int(self.plan.slot_of[i]))))
 
     def loop(self, seg) -> None:
         from .roll import CONST, INPUT, NODE, operand_home
@@ -459,8 +460,9 @@ class _Rolled:
         tables: dict = {}
         for r, row in enumerate(seg.operands):
             for k, op in enumerate(row):
-                if op.table is not None:
-                    tables[r, k] = _table(self.module, op.table, f"t{seg.start}.{r}.{k}")
+                table = op.slot_table if op.kind == NODE else op.table
+                if table is not None:
+                    tables[r, k] = _table(self.module, table, f"t{seg.start}.{r}.{k}")
                 elif op.kind == INPUT and op.step == 0:
                     hoisted[r, k] = self.get(plan.inputs[op.a])
                 elif op.kind == NODE:
@@ -469,7 +471,6 @@ class _Rolled:
                         hoisted[r, k] = self.get(schedule[op.a])
                     elif home == "carried":
                         carried[op.a - (seg.start - p)] = self.get(schedule[op.a])
-        stores = plan.in_memory[seg.start:seg.stop].reshape(seg.trips, p).any(axis=0)
         pre = b.block
         head = self.fn.append_basic_block(f"loop{seg.start}")
         done = self.fn.append_basic_block(f"loop{seg.start}.end")
@@ -483,9 +484,10 @@ class _Rolled:
             phis[rr].add_incoming(first, pre)
 
         def index(op, at):
-            """The operand's position / input index / constant in iteration ``j``."""
+            """The operand's slot / input index / constant in iteration ``j``."""
             if at not in tables:
-                return b.add(ir.Constant(I64, op.a), b.mul(j, ir.Constant(I64, op.step)))
+                a, step = (op.slot_a, op.slot_step) if op.kind == NODE else (op.a, op.step)
+                return b.add(ir.Constant(I64, a), b.mul(j, ir.Constant(I64, step)))
             table, elem = tables[at]
             v = b.load(b.gep(table, [j], source_etype=elem), typ=elem)
             return v if elem == DOUBLE else b.sext(v, I64)
@@ -511,9 +513,8 @@ class _Rolled:
                         args.append(self.load(self.slot(index(op, (r, k)))))
             v = self.lower(schedule[seg.start + r], args)
             body.append(v)
-            if stores[r]:
-                self.store(v, self.slot(b.add(ir.Constant(I64, seg.start + r),
-                                              b.mul(j, ir.Constant(I64, p)))))
+            if seg.stores[r] >= 0:
+                self.store(v, self.slot(b.add(ir.Constant(I64, seg.stores[r]), j)))
         nxt = b.add(j, ir.Constant(I64, 1))
         j.add_incoming(nxt, b.block)
         for rr, phi in phis.items():
@@ -534,17 +535,19 @@ class _Rolled:
     def outputs(self, outputs) -> None:
         """Store the outputs; runs of buffered values at evenly spaced positions are
         copied by a loop."""
-        b, position, mem = self.b, self.plan.position, self.plan.in_memory
+        b, position, slot_of = self.b, self.plan.position, self.plan.slot_of
+
+        def slot_at(o):
+            q = position.get(o)
+            return -1 if q is None else int(slot_of[q])
         k = 0
         while k < len(outputs):
-            at = [position.get(o, -1) for o in outputs[k:k + 2]]
+            at = [slot_at(o) for o in outputs[k:k + 2]]
             run, step = 1, 0
-            if len(at) == 2 and min(at) >= 0 and mem[at[0]] and mem[at[1]]:
+            if len(at) == 2 and min(at) >= 0:
                 step = at[1] - at[0]
-                while k + run < len(outputs):
-                    q = position.get(outputs[k + run], -1)
-                    if q < 0 or not mem[q] or q != at[0] + run * step:
-                        break
+                while k + run < len(outputs) and \
+                        slot_at(outputs[k + run]) == at[0] + run * step:
                     run += 1
             if run >= 8:
                 def copy(b, t, k=k, a=at[0], step=step):

@@ -27,7 +27,7 @@ fuses each element's whole computation into one loop body), and the better plan 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +58,11 @@ class Operand:
     a: float
     step: int
     table: np.ndarray | None = None
+    # A NODE operand read from the buffer: its slot in iteration j is slot_a +
+    # slot_step*j, or slot_table[j] (see ``_assign_slots``).
+    slot_a: int = 0
+    slot_step: int = 0
+    slot_table: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class Loop:
     # operands[r]: the operands of body element r (commutative ops list theirs in kind
     # order, see ``_operands``, which may differ from the node's own order).
     operands: tuple
+    # stores[r]: body element r of iteration j is stored at slot stores[r] + j, or not
+    # at all (-1): each stored element has a contiguous array of its own.
+    stores: tuple = ()
 
     @property
     def stop(self) -> int:
@@ -83,6 +91,8 @@ class Plan:
     in_memory: np.ndarray      # bool per position: the value goes through the buffer
     inputs: list               # the graph's inputs, in order
     input_index: dict
+    slot_of: np.ndarray        # buffer slot per position (-1: never in the buffer)
+    n_slots: int
 
     @property
     def rolled_nodes(self) -> int:
@@ -104,7 +114,7 @@ class Plan:
                                         .reshape(seg.trips, seg.period).any(axis=0).sum())
             for r, row in enumerate(seg.operands):
                 for op in row:
-                    if op.table is not None:
+                    if op.table is not None or op.slot_table is not None:
                         per_trip += 2
                     elif op.kind == NODE and operand_home(seg, r, op) == "buffer":
                         per_trip += 1
@@ -264,7 +274,54 @@ def plan_schedule(graph: Graph, schedule: list, outputs: Sequence[Node],
     if straight_from < n:
         segments.append(range(straight_from, n))
     in_memory = _in_memory(schedule, position, segments, in_loop, outputs)
-    return Plan(schedule, position, segments, in_memory, list(graph.inputs), input_index)
+    segments, slot_of, n_slots = _assign_slots(segments, in_memory)
+    return Plan(schedule, position, segments, in_memory, list(graph.inputs), input_index,
+                slot_of, n_slots)
+
+
+def _assign_slots(segments: list, mem: np.ndarray) -> tuple:
+    """Buffer slots: straight values one by one, and for each loop one contiguous array
+    per stored body element (structure of arrays: a loop reading another loop's values
+    walks them with unit or constant stride, which LLVM vectorises without gathers, and
+    the buffer holds only values that are read back). Operands read from the buffer get
+    their slots as affine functions of the iteration where they are, tables where not."""
+    slot_of = np.full(len(mem), -1, np.int64)
+    n_slots = 0
+    for seg in segments:
+        if isinstance(seg, range):
+            at = np.flatnonzero(mem[seg.start:seg.stop]) + seg.start
+            slot_of[at] = np.arange(n_slots, n_slots + len(at))
+            n_slots += len(at)
+            continue
+        stored = mem[seg.start:seg.stop].reshape(seg.trips, seg.period).any(axis=0)
+        for r in np.flatnonzero(stored):
+            slot_of[seg.start + r:seg.stop:seg.period] = np.arange(n_slots,
+                                                                  n_slots + seg.trips)
+            n_slots += seg.trips
+    out = []
+    for seg in segments:
+        if isinstance(seg, range):
+            out.append(seg)
+            continue
+        stores = tuple(int(slot_of[seg.start + r]) for r in range(seg.period))
+        operands = []
+        for r, row in enumerate(seg.operands):
+            new_row = []
+            for op in row:
+                if op.kind == NODE and operand_home(seg, r, op) == "buffer":
+                    at = op.table if op.table is not None else \
+                        op.a + op.step * np.arange(seg.trips)
+                    slots = slot_of[at]
+                    assert (slots >= 0).all(), "an operand read from a slot never stored"
+                    step = int(slots[1] - slots[0]) if seg.trips > 1 else 0
+                    if np.all(np.diff(slots) == step):
+                        op = replace(op, slot_a=int(slots[0]), slot_step=step)
+                    else:
+                        op = replace(op, slot_table=slots.astype(np.int32))
+                new_row.append(op)
+            operands.append(tuple(new_row))
+        out.append(replace(seg, operands=tuple(operands), stores=stores))
+    return out, slot_of, n_slots
 
 
 def depth_first_schedule(graph: Graph, outputs: Sequence[Node]) -> list[Node]:
