@@ -83,16 +83,22 @@ def build_symad(p: Problem) -> Impl:
     cf(*args)
 
     # One thread, like every other system's batching here (symad's default would use
-    # all cores once a batch is large).
+    # all cores once a batch is large); results into arrays allocated once, like the
+    # hand-written numba loop's.
     def batch(X):
         bargs = p.batch_args(X)
-        return lambda: cf.batch(*bargs, threads=1)
+        out = cf.batch(*bargs, threads=1)
+        return lambda: cf.batch(*bargs, threads=1, out=out)
 
     def value():
         cv = symad.compile(f)
         cv(*args)
-        return (lambda: cv(*args)), (lambda X: (lambda b: (lambda: cv.batch(*b, threads=1)))(
-            p.batch_args(X)))
+
+        def vbatch(X):
+            bargs = p.batch_args(X)
+            out = cv.batch(*bargs, threads=1)
+            return lambda: cv.batch(*bargs, threads=1, out=out)
+        return (lambda: cv(*args)), vbatch
     stats = cf.stats
     return Impl(call=lambda: cf(*args), result=lambda r: _flat(*r), batch=batch, value=value,
                 extra={"stats": {"nodes": stats["nodes"], "seconds": stats["seconds"],
@@ -468,7 +474,7 @@ def build_numba(p: Problem) -> Impl:
 
 SYSTEMS: dict[str, System] = {s.name: s for s in (
     System("symad", ("llvmlite",), build_symad, "f(*args)", "f(*args) (same entry)",
-           "f.batch (native loop, 1 thread)", setup=setup_symad),
+           "f.batch(..., threads=1, out=preallocated) (native loop)", setup=setup_symad),
     System("jax", ("jax", "jaxlib"), build_jax, "jit(value_and_grad) on numpy in, numpy out",
            "jit(value_and_grad), device arrays, block_until_ready", "jit(vmap(...))",
            setup=setup_jax),

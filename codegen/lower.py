@@ -331,19 +331,21 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
 
 
 def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
-                flags: tuple = (), width: int = 1, vector_math: bool = False) -> ir.Function:
+                flags: tuple = (), width: int = 1, vector_math: bool = False,
+                buffer_arg: bool = False) -> ir.Function:
     """The kernel of ``plan`` (``roll.plan``): straight segments as SSA code, each loop as
     one counted loop whose body computes one iteration. A value read back by other code
     (a later iteration, another loop, straight code after a loop, an output) is stored in
     a buffer at its schedule position, so every such address is affine in the counter
     (or read from an index table).
 
-    ``width == 1``: ``void name(const double* in, i64 is, double* out, i64 os)``, the
-    buffer on the stack (on the heap above ``ROLL_STACK_DOUBLES``). ``width > 1``: the
-    same over ``width`` consecutive points at once (as ``emit_vector_kernel``), with the
-    buffer, ``rolled_buffer_doubles(plan, width)`` doubles, passed as a fifth argument by
-    the batch loop. ``vector_math``: see ``lower_node``."""
-    return _Rolled(module, plan, name, flags, width, vector_math).emit(outputs)
+    ``void name(const double* in, i64 is, double* out, i64 os)`` over one point, or
+    over ``width`` consecutive points at once (as ``emit_vector_kernel``). The buffer is
+    on the stack (on the heap above ``ROLL_STACK_DOUBLES``), or with ``buffer_arg``
+    (always when ``width > 1``) a fifth argument of ``rolled_buffer_doubles(plan,
+    width)`` doubles, for the batch loop. ``vector_math``: see ``lower_node``."""
+    return _Rolled(module, plan, name, flags, width, vector_math,
+                   buffer_arg or width > 1).emit(outputs)
 
 
 def rolled_buffer_doubles(plan, width: int) -> int:
@@ -353,11 +355,11 @@ def rolled_buffer_doubles(plan, width: int) -> int:
 class _Rolled:
     """The state of one ``emit_rolled`` call."""
 
-    def __init__(self, module, plan, name, flags, width, vector_math):
+    def __init__(self, module, plan, name, flags, width, vector_math, buffer_arg):
         self.module, self.plan, self.flags = module, plan, flags
-        self.width, self.vector_math = width, vector_math
+        self.width, self.vector_math, self.buffer_arg = width, vector_math, buffer_arg
         self.ty = DOUBLE if width == 1 else ir.VectorType(DOUBLE, width)
-        self.fn = fn = _kernel_fn(module, name, extra=(PTR,) if width > 1 else ())
+        self.fn = fn = _kernel_fn(module, name, extra=(PTR,) if buffer_arg else ())
         self.in_ptr, self.in_stride, self.out_ptr, self.out_stride = fn.args[:4]
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.vals: dict[Node, ir.Value] = {}
@@ -386,8 +388,8 @@ class _Rolled:
         from .roll import Loop
         b, fn = self.b, self.fn
         n_slots = rolled_buffer_doubles(self.plan, 1)
-        heap = self.width == 1 and n_slots > ROLL_STACK_DOUBLES
-        if self.width > 1:
+        heap = not self.buffer_arg and n_slots > ROLL_STACK_DOUBLES
+        if self.buffer_arg:
             self.buf = fn.args[4]
             self.buf.add_attribute("noalias")
         elif heap:

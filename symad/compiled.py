@@ -551,16 +551,19 @@ class _Specialization:
             per_arg.append(tree_unflatten(td, leaves))
         return value, (per_arg[0] if self.single else tuple(per_arg))
 
-    def batch(self, leaves: list, n: int, threads: int | None):
-        return self._unpack_leaves(self.batch_flat(leaves, n, threads))
+    def batch(self, leaves: list, n: int, threads: int | None, out=None):
+        return self._unpack_leaves(self.batch_flat(leaves, n, threads, out))
 
-    def batch_flat(self, leaves: list, n: int, threads: int | None) -> list:
-        """The flat output leaves, each of shape ``(n,) + leaf shape``."""
+    def batch_flat(self, leaves: list, n: int, threads: int | None,
+                   out: list | None = None) -> list:
+        """The flat output leaves, each of shape ``(n,) + leaf shape`` (``out``: the
+        caller's arrays to write them to, already checked by ``check_out``)."""
         from symad.codegen.abi import batch_scratch_doubles
         # The native loop reads C-order float64 arrays in place (no copy when the caller's
-        # arrays already are) and writes fresh result arrays directly.
+        # arrays already are) and writes the result arrays directly.
         ins = [np.ascontiguousarray(leaf, dtype=np.float64) for leaf in leaves]
-        outs = [np.empty((n,) + tuple(s)) for s in self.out_leaf_shapes]
+        outs = out if out is not None else \
+            [np.empty((n,) + tuple(s)) for s in self.out_leaf_shapes]
         in_ptrs = np.array([a.__array_interface__["data"][0] for a in ins], dtype=np.uintp)
         out_ptrs = np.array([a.__array_interface__["data"][0] for a in outs], dtype=np.uintp)
         per = batch_scratch_doubles(self.n_in, self.n_out, self.native.batch_buffer)
@@ -579,6 +582,30 @@ class _Specialization:
             for fut in futs:
                 fut.result()
         return outs
+
+    def check_out(self, out, n: int, inputs: list, fname: str) -> list:
+        """``out`` (a result-shaped structure of arrays) as flat leaves, or a clear error."""
+        leaves, _, paths = tree_flatten(out, "out")
+        shapes = [(n,) + tuple(s) for s in self.out_leaf_shapes]
+        if len(leaves) != len(shapes):
+            raise ValueError(f"{fname}.batch(out=...) needs {len(shapes)} array(s) shaped "
+                             f"like the result {shapes}, got {len(leaves)}")
+        for a, shape, path in zip(leaves, shapes, paths):
+            if not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.shape != shape \
+                    or not a.flags.c_contiguous or not a.flags.writeable:
+                got = (f"{type(a).__name__} {getattr(a, 'dtype', '')} "
+                       f"{getattr(a, 'shape', '')}").strip()
+                raise ValueError(f"{fname}.batch: {path} must be a writeable C-contiguous "
+                                 f"float64 array of shape {shape}, got {got}; allocate it "
+                                 f"with numpy.empty({shape})")
+            if any(np.may_share_memory(a, x) for x in inputs):
+                raise ValueError(f"{fname}.batch: {path} overlaps an input array; results "
+                                 "are written while inputs are still read, so use a "
+                                 "separate array")
+        for i, a in enumerate(leaves):
+            if any(np.may_share_memory(a, b) for b in leaves[i + 1:]):
+                raise ValueError(f"{fname}.batch: {paths[i]} overlaps another out array")
+        return leaves
 
     def _unpack_leaves(self, leaves: list):
         if self.grad_graph is None:
@@ -671,13 +698,18 @@ class CompiledFunction:
             self._last = spec
             return spec
 
-    def batch(self, *args, threads: int | None = None):
+    def batch(self, *args, threads: int | None = None, out=None):
         """Evaluate at N points in one native call (the leading axis of every leaf).
 
         Args:
             *args: the arguments, each leaf with an extra leading axis of length N.
             threads: split the batch over this many threads (native code runs without
                 the GIL).
+            out: arrays to write the results to, in the structure of the result (for
+                ``compile_grad``: ``(values, gradients)``), each C-contiguous float64 of
+                shape ``(N,) + leaf shape``; they are returned. Reusing them across calls
+                saves allocating (and the kernel first-touching) fresh result memory,
+                which dominates large batches of large gradients.
 
         With a ``dask.array`` leaf the batch is lazy and distributed: one native batch
         per chunk of points, results are dask arrays (see :mod:`symad.dask_batch`).
@@ -689,6 +721,9 @@ class CompiledFunction:
         if not leaves:
             raise TypeError(f"{self.__name__}.batch needs at least one array argument")
         if any(type(leaf).__module__.startswith("dask.") for leaf in leaves):
+            if out is not None:
+                raise ValueError(f"{self.__name__}.batch: out= is not supported with dask "
+                                 "arrays (the results are lazy dask arrays)")
             from .dask_batch import dask_batch  # lazy dask arrays in, lazy dask arrays out
             return dask_batch(self, leaves, treedef, paths)
         arrays = []
@@ -709,7 +744,9 @@ class CompiledFunction:
             example = tree_unflatten(treedef, [a[0] if n else np.zeros(a.shape[1:])
                                                for a in arrays])
             spec = self._specialize(key, example)
-        return spec.batch(arrays, n, threads)
+        if out is not None:
+            out = spec.check_out(out, n, arrays, self.__name__)
+        return spec.batch(arrays, n, threads, out)
 
     def _latest(self) -> _Specialization:
         if self._last is None:

@@ -217,6 +217,40 @@ def test_batch_equals_single_calls():
     np.testing.assert_array_equal(g2, grads)
 
 
+def test_batch_into_preallocated_out_arrays():
+    f = symad.compile_grad(baydin)
+    rng = np.random.default_rng(3)
+    x1, x2 = rng.uniform(0.5, 3, 300), rng.uniform(-3, 3, 300)
+    want_v, (want_g1, want_g2) = f.batch(x1, x2)
+    out = (np.full(300, np.nan), (np.full(300, np.nan), np.full(300, np.nan)))
+    got = f.batch(x1, x2, out=out, threads=2)
+    assert got[0] is out[0] and got[1][1] is out[1][1]   # written in place, returned
+    np.testing.assert_array_equal(out[0], want_v)
+    np.testing.assert_array_equal(out[1][0], want_g1)
+    np.testing.assert_array_equal(out[1][1], want_g2)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda n: (np.empty(n), np.empty(n)), "needs 3 array"),
+    (lambda n: (np.empty(n), (np.empty(n), np.empty(n + 1))), r"shape \(300,\)"),
+    (lambda n: (np.empty(n, np.float32), (np.empty(n), np.empty(n))), "float64"),
+    (lambda n: (np.empty(2 * n)[::2], (np.empty(n), np.empty(n))), "C-contiguous"),
+    (lambda n: [np.empty(n)] * 3, "overlaps another"),
+])
+def test_batch_out_errors_name_the_problem(bad, message):
+    f = symad.compile_grad(baydin)
+    x = np.linspace(0.5, 2.0, 300)
+    with pytest.raises(ValueError, match=message):
+        f.batch(x, x + 1.0, out=bad(300))
+
+
+def test_batch_out_may_not_overlap_inputs():
+    f = symad.compile_grad(rosen)
+    xs = np.random.default_rng(4).uniform(-2, 2, (50, 7))
+    with pytest.raises(ValueError, match="overlaps an input"):
+        f.batch(xs, out=(np.empty(50), xs))
+
+
 def test_batch_two_args_and_threads():
     f = symad.compile_grad(baydin)
     rng = np.random.default_rng(2)
