@@ -330,6 +330,9 @@ def main(argv=None) -> int:
                     help="node counts for the compile-time scaling run ('' to skip)")
     ap.add_argument("--scaling-budget", type=float, default=150.0,
                     help="seconds for the whole scaling run (default 150)")
+    ap.add_argument("--scaling-irregular", default="1e3,1e4,1e5",
+                    help="node counts for the scaling run on a graph that does not roll "
+                         "into loops ('' to skip; its own budget, --scaling-budget / 2)")
     ap.add_argument("--out", default=str(HERE),
                     help="directory for RESULTS.md and results.json (default benchmarks/)")
     ap.add_argument("--list", action="store_true", help="list problems and systems")
@@ -364,6 +367,10 @@ def main(argv=None) -> int:
         from .scaling import run_scaling
         print("compile-time scaling (symad):")
         scaling = run_scaling(sizes, a.scaling_budget, log=print)
+    sizes = [int(float(s)) for s in a.scaling_irregular.split(",") if s.strip()]
+    if sizes:
+        from .scaling import run_scaling
+        scaling += run_scaling(sizes, a.scaling_budget / 2, log=print, graph="irregular")
     meta["total_s"] = round(time.perf_counter() - t0, 1)
     meta["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     doc = {"meta": meta, "systems": {s: {"ordinary": SYSTEMS[s].ordinary,

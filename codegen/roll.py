@@ -20,8 +20,9 @@ the same iteration, and loop-carried values such as a running sum, through a phi
 Finding them is linear in the schedule and vectorised: a signature per node; for each
 period ``p <= MAX_PERIOD`` the run length over which ``sig[i] == sig[i+p]``; then greedy,
 left to right, the longest stretch, shortened where that keeps every operand affine
-(``_even_trips``). Two schedules are tried, creation order and depth-first order (which
-fuses each element's whole computation into one loop body), and the better plan kept.
+(``_even_trips``). Three schedules are tried (creation order; depth-first, which fuses
+each element's whole computation into one loop body; the value depth-first, then the
+reverse pass in creation order) and the best plan kept (``plan``).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from symad.ops import OPS
 MIN_TRIPS = 4
 MIN_NODES = 24
 MAX_PERIOD = 48
-# Choosing between the two schedules' plans (see ``plan``).
-FASTER, LARGER = 0.6, 4
+# Choosing between the schedules' plans (see ``plan``).
+LARGER = 4
 
 # Operand kinds.
 NONE, NODE, INPUT, CONST = 0, 1, 2, 3
@@ -193,25 +194,35 @@ def _streaks(sig: np.ndarray, p: int) -> np.ndarray:
 
 
 def plan(graph: Graph, outputs: Sequence[Node]) -> Plan:
-    """The better of the loops found in creation order and in depth-first order (see
-    the module docstring and ``depth_first_schedule``): the one with the smaller code,
-    unless the other does at most ``FASTER`` of its ``work`` with at most ``LARGER``
-    times the code (code size is what compile time follows).
+    """The best of the loops found in three schedules: creation order, depth-first order
+    (``depth_first_schedule``), and the first output depth-first followed by the rest in
+    creation order (``value_first_schedule``). Among the plans whose code is at most
+    ``LARGER`` times the smallest (code size is what compile time follows), the one with
+    the least ``work``.
 
-    Measured (value+grad, single call, build): Rosenbrock n=1000 depth-first (2 fused
-    loops, 49 body nodes) 3.7 us against 5.3 us in creation order (13 loops, 21 body
-    nodes, arrays passed through memory); the 4-8-1 network loss in creation order
-    (118 body nodes) 2.8 us and 0.11 s against 2.85 us and 0.25 s depth-first (801)."""
+    Measured (value+grad, single call / batch of 2,000): Rosenbrock n=1000 depth-first
+    (2 fused loops, 46 body nodes) 2.1 us against 3.6 us in creation order; Lennard-Jones
+    64 value-first 23 us and 0.11 M points/s against 29 us and 0.064 in creation order
+    (depth-first: 4.6k body nodes); the 4-8-1 network loss in creation order (118 body
+    nodes) 2.7 us and 0.10 s to build against 2.9 us and 0.25 s depth-first (801)."""
     creation = creation_schedule(graph, outputs)
     table = _operands(graph, creation)
-    plans = sorted((plan_schedule(graph, order, outputs, table)
-                    for order in (creation, depth_first_schedule(graph, outputs))),
-                   key=Plan.body_size)
-    small, large = plans
-    if large.work() <= FASTER * small.work() and \
-            large.body_size() <= LARGER * small.body_size():
-        return large
-    return small
+    plans = [plan_schedule(graph, order, outputs, table)
+             for order in (creation, depth_first_schedule(graph, outputs),
+                           value_first_schedule(graph, outputs, creation))]
+    smallest = min(p.body_size() for p in plans)
+    return min((p for p in plans if p.body_size() <= LARGER * smallest), key=Plan.work)
+
+
+def value_first_schedule(graph: Graph, outputs: Sequence[Node],
+                         creation: list | None = None) -> list[Node]:
+    """The first output's nodes depth-first (for ``compile_grad`` that is the value: its
+    elementwise stages fuse into one loop), then everything else in creation order (the
+    reverse pass, op by op)."""
+    first = depth_first_schedule(graph, outputs[:1])
+    seen = set(first)
+    rest = creation if creation is not None else creation_schedule(graph, outputs)
+    return first + [n for n in rest if n not in seen]
 
 
 def creation_schedule(graph: Graph, outputs: Sequence[Node]) -> list[Node]:

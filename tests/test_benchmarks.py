@@ -24,7 +24,8 @@ from benchmarks.systems import SYSTEMS  # noqa: E402
 def doc(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     rc = runner.main(["--problems", SMALLEST, "--systems", "symad,sympy", "--budget", "20",
-                      "--scaling", "1e3", "--scaling-budget", "30", "--out", str(out)])
+                      "--scaling", "1e3", "--scaling-irregular", "1e3", "--scaling-budget", "30",
+                      "--out", str(out)])
     assert rc == 0
     return json.loads((out / "results.json").read_text()), (out / "RESULTS.md").read_text()
 
@@ -40,7 +41,12 @@ def test_json_structure(doc):
     for key in ("build_s", "call_us", "fast_us", "value_us", "ratio_call", "ratio_batch"):
         assert s[key] > 0, key
     assert s["batch"]["1e4"] > 0
-    assert d["scaling"][0]["status"] == "ok" and d["scaling"][0]["forward_nodes"] > 500
+    graphs = {r["graph"]: r for r in d["scaling"]}
+    assert set(graphs) == {"chain", "irregular"}
+    for r in graphs.values():
+        assert r["status"] == "ok" and r["forward_nodes"] > 500, r
+    assert graphs["chain"]["rolled"] is not None         # the chain rolls into a loop
+    assert graphs["irregular"]["rolled"] is None         # nothing repeats: straight code
 
 
 def test_gradients_agree(doc):
