@@ -118,7 +118,8 @@ def test_schedules_are_topological_and_complete():
     f(x)
     g, outs = f.grad_graph, f._latest().outputs
     ops = {n for n in g.live(outs) if n.args}
-    for order in (roll.creation_schedule, roll.depth_first_schedule):
+    for order in (roll.creation_schedule, roll.depth_first_schedule,
+                  roll.value_first_schedule):
         sched = order(g, outs)
         assert set(sched) == ops and len(sched) == len(ops)
         pos = {n: i for i, n in enumerate(sched)}
