@@ -34,6 +34,9 @@ RTOL = 1e-9
 BATCH_SIZES = (10_000, 1_000_000)
 BATCH_MEMORY_LIMIT = 2.5e9       # bytes of inputs + outputs (x3 for copies) at 10^6 points
 BIG_BATCH_MAX_S = 6.0            # skip a 10^6 batch predicted to take longer than this
+# Timed runs of a 10^4 batch (median; fewer when they exceed the pair's time share). Three
+# left the medians of sub-millisecond batches varying by 1.3x between suite runs.
+BATCH_REPS = 11
 
 
 # ---- timing -----------------------------------------------------------------------------
@@ -145,7 +148,7 @@ def measure(system: str, problem: str, budget_s: float) -> dict:
         if run is None:
             continue
         t = step(f"batch_{key}", lambda run=run, N=N: time_once(
-            run, 3 if N <= 10_000 else 1, max(per, 0.2)))
+            run, BATCH_REPS if N <= 10_000 else 1, max(per, 0.2)))
         del run
         if t is None:
             continue
@@ -154,7 +157,7 @@ def measure(system: str, problem: str, budget_s: float) -> dict:
         if vals and left() > 0:
             vrun = step(f"batch_value_{key}", lambda X=X: vals[1](X))
             tv = step(f"batch_value_{key}", lambda vrun=vrun, N=N: time_once(
-                vrun, 3 if N <= 10_000 else 1, max(per, 0.2))) if vrun else None
+                vrun, BATCH_REPS if N <= 10_000 else 1, max(per, 0.2))) if vrun else None
             if tv:
                 out["batch_value"][key] = N / tv
                 if N == BATCH_SIZES[0]:
