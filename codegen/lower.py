@@ -638,6 +638,15 @@ def _emit_single(module, graph, outputs, name, flags):
     return fn
 
 
+def calls_libm(graph: Graph, outputs: Sequence[Node]) -> bool:
+    """Does the kernel call a libm function that is not an LLVM intrinsic (tanh, erf, ...)?
+    LLVM's loop vectorizer leaves a loop with such a call scalar, so the batch entry
+    vectorises explicitly (``emit_vector_kernel``). Measured, value+grad batch: Black-
+    Scholes (erf) 14.8 -> 21.6 M points/s, the tanh network 0.39 -> 0.46; without such
+    calls LLVM's own vectorisation is as fast or faster (logistic map 34 vs 22)."""
+    return any(isinstance(OPS[n.op].lower, Libm) for n in graph.live(outputs) if n.args)
+
+
 def vector_symbols(graph: Graph, outputs: Sequence[Node], width: int = 4) -> list[str]:
     """The libmvec functions a vector kernel for ``outputs`` calls."""
     found: dict[str, None] = {}
@@ -653,7 +662,8 @@ def vector_symbols(graph: Graph, outputs: Sequence[Node], width: int = 4) -> lis
 
 
 def emit_vector_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node], name: str,
-                       flags: tuple = (), width: int = 4) -> ir.Function:
+                       flags: tuple = (), width: int = 4,
+                       vector_math: bool = True) -> ir.Function:
     """``void name(const double* in, i64 is, double* out, i64 os)`` over ``width``
     consecutive points at once: input ``j`` of the points is the vector at ``in + j*is``.
     Transcendentals call libmvec (see ``jit.vector_math_available``): within a few ulp
@@ -678,7 +688,8 @@ def emit_vector_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node],
             ld.align = 8
             vals[node] = ld
         else:
-            vals[node] = lower_node(b, module, node, [vals[a] for a in node.args], flags)
+            vals[node] = lower_node(b, module, node, [vals[a] for a in node.args], flags,
+                                    vector_math)
     for k, o in enumerate(outputs):
         off = b.mul(out_stride, ir.Constant(I64, k))
         st = b.store(vals[o], b.gep(out_ptr, [off], source_etype=DOUBLE))

@@ -376,10 +376,14 @@ class _Specialization:
                 bbody.attributes.add("alwaysinline")   # one copy, inlined into the loop
                 bbody.linkage = "internal"
                 vector = None
-                if use_vector_math and live <= lower.CHUNK_NODES:
-                    # Vector math (libmvec) only under fast-math: a few ulp from scalar libm.
+                if live <= lower.CHUNK_NODES and (
+                        use_vector_math or lower.calls_libm(graph, outputs)):
+                    # Vector math (libmvec) only under fast-math: a few ulp from scalar
+                    # libm. Without it, libm functions are called lane by lane, and the
+                    # rest of the kernel still runs four points at once.
                     vector = lower.emit_vector_kernel(bmodule, graph, outputs,
-                                                      f"{base}_kernel4", flags)
+                                                      f"{base}_kernel4", flags,
+                                                      vector_math=use_vector_math)
                 abi.emit_batch(bmodule, bbody, f"{base}_batch", *leaf_sizes, vector)
                 return compile_llvm(bmodule, [f"{base}_batch"], key + ":batch", levels), \
                     f"{base}_batch"
