@@ -229,9 +229,11 @@ CHUNK_NODES = 10_000
 # many times: a rolled node costs a buffer store and loads where straight-line code keeps
 # it in a register.
 ROLL_MIN_GAIN = 4
-# Rolled kernels keep their value buffer on the stack up to this many doubles (the Python
-# entry already holds up to abi.MAX_STACK_DOUBLES there), on the heap above.
-ROLL_STACK_DOUBLES = 32_768
+# Rolled kernels keep their value buffer on the stack up to this many doubles (64 KiB;
+# the Python entry already holds up to abi.MAX_STACK_DOUBLES there, and threads may have
+# small stacks), on the heap above: a kernel with that many stored values runs for
+# microseconds, against ~0.1 us for malloc and free.
+ROLL_STACK_DOUBLES = 8_192
 
 
 def rolled_plan(graph: Graph, outputs: Sequence[Node]):

@@ -328,7 +328,10 @@ class _Specialization:
             module = jit.new_module(base)
             # The single-call kernel runs repeated stretches as loops when that shrinks it
             # (codegen/roll.py): small code compiles at full optimisation in milliseconds.
-            plan = lower.rolled_plan(graph, outputs) if live > ROLL_MIN_NODES else None
+            try:
+                plan = lower.rolled_plan(graph, outputs) if live > ROLL_MIN_NODES else None
+            except NotImplementedError as exc:
+                raise SymadError(f"cannot compile {owner.__name__}: {exc}") from exc
             size = plan.body_size() if plan is not None else live
             call_levels = jit.choose_levels(size, owner._opt_level)
             if owner._opt_level in (None, "auto") and size > FAST_BUILD_NODES:
