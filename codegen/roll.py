@@ -14,8 +14,9 @@ can be (schedule position or input index ``a + step*j``, or one constant), else 
 from a constant table indexed by ``j`` (the particles of the pairs ``i < j``, a
 different constant per element). Rolled code keeps the exact sequential order of the
 straight-line code, so every such stretch is safe to roll; values cross iterations and
-loops through a buffer indexed by schedule position, or stay in registers (operands from
-the same iteration, and loop-carried values such as a running sum, through a phi).
+loops through a compact buffer (one contiguous array per stored loop element, see
+``_assign_slots``), or stay in registers (operands from the same iteration, and
+loop-carried values such as a running sum, through a phi).
 
 Finding them is linear in the schedule and vectorised: a signature per node; for each
 period ``p <= MAX_PERIOD`` the run length over which ``sig[i] == sig[i+p]``; then greedy,
