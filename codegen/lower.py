@@ -519,6 +519,9 @@ class _Rolled:
             body.append(v)
             if seg.stores[r] >= 0:
                 self.store(v, self.slot(b.add(ir.Constant(I64, seg.stores[r]), j)))
+            if seg.writes[r] is not None:
+                k0, kstep = seg.writes[r]
+                self.output(b.add(ir.Constant(I64, k0), b.mul(j, ir.Constant(I64, kstep))), v)
         nxt = b.add(j, ir.Constant(I64, 1))
         j.add_incoming(nxt, b.block)
         for rr, phi in phis.items():
@@ -539,18 +542,23 @@ class _Rolled:
     def outputs(self, outputs) -> None:
         """Store the outputs; runs of buffered values at evenly spaced positions are
         copied by a loop."""
+        from .roll import written_by_loops
         b, position, slot_of = self.b, self.plan.position, self.plan.slot_of
+        done = written_by_loops(self.plan)
 
         def slot_at(o):
             q = position.get(o)
             return -1 if q is None else int(slot_of[q])
         k = 0
         while k < len(outputs):
+            if k in done:
+                k += 1
+                continue
             at = [slot_at(o) for o in outputs[k:k + 2]]
             run, step = 1, 0
             if len(at) == 2 and min(at) >= 0:
                 step = at[1] - at[0]
-                while k + run < len(outputs) and \
+                while k + run < len(outputs) and k + run not in done and \
                         slot_at(outputs[k + run]) == at[0] + run * step:
                     run += 1
             if run >= 8:

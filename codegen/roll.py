@@ -78,6 +78,9 @@ class Loop:
     # stores[r]: body element r of iteration j is stored at slot stores[r] + j, or not
     # at all (-1): each stored element has a contiguous array of its own.
     stores: tuple = ()
+    # writes[r]: body element r of iteration j is output k0 + kstep*j, written by the
+    # loop itself (k0, kstep), or None (see ``_direct_writes``).
+    writes: tuple = ()
 
     @property
     def stop(self) -> int:
@@ -285,10 +288,51 @@ def plan_schedule(graph: Graph, schedule: list, outputs: Sequence[Node],
         straight_from = s + trips * p
     if straight_from < n:
         segments.append(range(straight_from, n))
+    segments = _direct_writes(segments, position, outputs)
     in_memory = _in_memory(schedule, position, segments, in_loop, outputs)
     segments, slot_of, n_slots = _assign_slots(segments, in_memory)
     return Plan(schedule, position, segments, in_memory, list(graph.inputs), input_index,
                 slot_of, n_slots)
+
+
+def _direct_writes(segments: list, position: dict, outputs: Sequence[Node]) -> list:
+    """Loop elements whose every iteration is an output, at output indices affine in the
+    iteration (a gradient computed element by element): the loop writes them itself
+    instead of keeping them in the buffer for a copy afterwards."""
+    k_of = np.full(len(position) + 1, -1, np.int64)
+    seen: set = set()
+    for k, o in enumerate(outputs):
+        j = position.get(o)
+        if j is None:
+            continue
+        # an output listed twice is written by the output phase, from the buffer
+        k_of[j] = -1 if j in seen else k
+        seen.add(j)
+    out = []
+    for seg in segments:
+        if isinstance(seg, range):
+            out.append(seg)
+            continue
+        writes = []
+        for r in range(seg.period):
+            ks = k_of[seg.start + r:seg.stop:seg.period]
+            step = int(ks[1] - ks[0]) if seg.trips > 1 else 0
+            ok = (ks >= 0).all() and (np.diff(ks) == step).all()
+            writes.append((int(ks[0]), step) if ok else None)
+        out.append(replace(seg, writes=tuple(writes)))
+    return out
+
+
+def written_by_loops(plan: Plan) -> set:
+    """Output indices that loops write themselves (``Loop.writes``)."""
+    done: set = set()
+    for seg in plan.segments:
+        if isinstance(seg, range):
+            continue
+        for w in seg.writes:
+            if w is not None:
+                done.update(range(w[0], w[0] + w[1] * seg.trips, w[1]) if w[1] else (w[0],))
+    return done
 
 
 def _assign_slots(segments: list, mem: np.ndarray) -> tuple:
@@ -455,8 +499,14 @@ def _in_memory(schedule, position, segments, in_loop, outputs) -> np.ndarray:
                     mem[op.a + op.step * np.arange(seg.trips)] = True
                 elif home in ("hoisted", "carried") and in_loop[op.a]:
                     mem[op.a] = True
+    written = np.zeros(len(schedule), bool)    # outputs the loops write themselves
+    for seg in segments:
+        if not isinstance(seg, range):
+            for r, w in enumerate(seg.writes):
+                if w is not None:
+                    written[seg.start + r:seg.stop:seg.period] = True
     for o in outputs:
         j = position.get(o)
-        if j is not None and in_loop[j]:
+        if j is not None and in_loop[j] and not written[j]:
             mem[j] = True
     return mem
