@@ -333,21 +333,19 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
 
 
 def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
-                flags: tuple = (), width: int = 1, vector_math: bool = False,
-                buffer_arg: bool = False) -> ir.Function:
+                flags: tuple = (), width: int = 1, vector_math: bool = False) -> ir.Function:
     """The kernel of ``plan`` (``roll.plan``): straight segments as SSA code, each loop as
     one counted loop whose body computes one iteration. A value read back by other code
-    (a later iteration, another loop, straight code after a loop, an output) is stored in
-    a buffer at its schedule position, so every such address is affine in the counter
-    (or read from an index table).
+    (a later iteration, another loop, straight code after a loop) is stored in the
+    buffer slot the plan gave it (``Plan.slot_of``: affine in the counter, or read from a
+    table); a loop element that is an output in every iteration writes it directly.
 
-    ``void name(const double* in, i64 is, double* out, i64 os)`` over one point, or
-    over ``width`` consecutive points at once (as ``emit_vector_kernel``). The buffer is
-    on the stack (on the heap above ``ROLL_STACK_DOUBLES``), or with ``buffer_arg``
-    (always when ``width > 1``) a fifth argument of ``rolled_buffer_doubles(plan,
-    width)`` doubles, for the batch loop. ``vector_math``: see ``lower_node``."""
-    return _Rolled(module, plan, name, flags, width, vector_math,
-                   buffer_arg or width > 1).emit(outputs)
+    ``void name(const double* in, i64 is, double* out, i64 os)`` over one point with the
+    buffer on the stack (on the heap above ``ROLL_STACK_DOUBLES``); with ``width > 1`` the
+    same over ``width`` consecutive points at once (as ``emit_vector_kernel``), the
+    buffer (``rolled_buffer_doubles(plan, width)`` doubles) passed by the batch loop as a
+    fifth argument. ``vector_math``: see ``lower_node``."""
+    return _Rolled(module, plan, name, flags, width, vector_math).emit(outputs)
 
 
 def rolled_buffer_doubles(plan, width: int) -> int:
@@ -357,11 +355,11 @@ def rolled_buffer_doubles(plan, width: int) -> int:
 class _Rolled:
     """The state of one ``emit_rolled`` call."""
 
-    def __init__(self, module, plan, name, flags, width, vector_math, buffer_arg):
+    def __init__(self, module, plan, name, flags, width, vector_math):
         self.module, self.plan, self.flags = module, plan, flags
-        self.width, self.vector_math, self.buffer_arg = width, vector_math, buffer_arg
+        self.width, self.vector_math = width, vector_math
         self.ty = DOUBLE if width == 1 else ir.VectorType(DOUBLE, width)
-        self.fn = fn = _kernel_fn(module, name, extra=(PTR,) if buffer_arg else ())
+        self.fn = fn = _kernel_fn(module, name, extra=(PTR,) if width > 1 else ())
         self.in_ptr, self.in_stride, self.out_ptr, self.out_stride = fn.args[:4]
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.vals: dict[Node, ir.Value] = {}
@@ -390,8 +388,8 @@ class _Rolled:
         from .roll import Loop
         b, fn = self.b, self.fn
         n_slots = rolled_buffer_doubles(self.plan, 1)
-        heap = not self.buffer_arg and n_slots > ROLL_STACK_DOUBLES
-        if self.buffer_arg:
+        heap = self.width == 1 and n_slots > ROLL_STACK_DOUBLES
+        if self.width > 1:
             self.buf = fn.args[4]
             self.buf.add_attribute("noalias")
         elif heap:

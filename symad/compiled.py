@@ -71,9 +71,9 @@ ROLL_MIN_NODES = 1_000
 # The batch entry is rolled too (four points per call) above this many live nodes,
 # where straight code would be split into chunk functions run point by point. Below, the
 # straight kernel inlined into the batch loop and vectorised across points is faster
-# (measured, value+grad points/s rolled vs straight: Lennard-Jones 16 (4.9k nodes) 1.6M
-# vs 4.2M, Rosenbrock n=100 2.5M vs 4.0M; Lennard-Jones 64 (83k nodes) 0.092M vs
-# 0.040M, and its batch entry builds in 0.4 s instead of 5 s).
+# (measured, value+grad M points/s rolled vs straight: Lennard-Jones 16 (4.5k nodes) 1.5
+# vs 3.1, Rosenbrock n=100 4.3 vs 7.6; above, Lennard-Jones 64 (76k nodes) 0.11 vs 0.023,
+# and its batch entry builds in 0.4 s instead of 5 s).
 ROLLED_BATCH_NODES = 10_000
 
 
@@ -336,6 +336,7 @@ class _Specialization:
             call_levels = jit.choose_levels(size, owner._opt_level)
             if owner._opt_level in (None, "auto") and size > FAST_BUILD_NODES:
                 call_levels = (call_levels[0], 0)
+            rolled_batch = plan is not None and live > ROLLED_BATCH_NODES
             body = _emit_body(lower, module, graph, outputs, f"{base}_kernel.body", flags,
                               owner.__name__, plan)
             kernel = abi.emit_kernel_entry(module, body, f"{base}_kernel")
@@ -345,7 +346,8 @@ class _Specialization:
                 abi.emit_py_entry(module, kernel, py_name, self.shapes, self.n_out, spec)
             seconds["lowering"] = time.perf_counter() - t0
             symbols = [f"{base}_kernel"] + ([py_name] if py_name else [])
-            logs.stage("llvm", f"{live} nodes, O{levels[0]} IR, O{levels[1]} machine code")
+            logs.stage("llvm", f"{size} nodes, O{call_levels[0]} IR, O{call_levels[1]} "
+                               "machine code")
             folder = diskcache.cache_dir(owner._cache)
 
             def compile_llvm(module, symbols, content_key, levels, unroll=True):
@@ -365,9 +367,7 @@ class _Specialization:
 
             def build_batch():
                 bmodule = jit.new_module(f"{base}_b")
-                if plan is not None and live > ROLLED_BATCH_NODES:
-                    # Rolled too, four points per call: straight code this size would be
-                    # split into chunk functions run point by point.
+                if rolled_batch:
                     vector = lower.emit_rolled(bmodule, plan, outputs, f"{base}_kernel4",
                                                flags, width=4, vector_math=use_vector_math)
                     abi.emit_batch(bmodule, None, f"{base}_batch", *leaf_sizes, vector,
@@ -392,10 +392,9 @@ class _Specialization:
                     f"{base}_batch"
 
             native = _Native(mod, symbols[0], py_name, spec, build_batch)
-            native.batch_levels = levels
-            if plan is not None and live > ROLLED_BATCH_NODES:
+            native.batch_levels = call_levels if rolled_batch else levels
+            if rolled_batch:
                 native.batch_buffer = lower.rolled_buffer_doubles(plan, 4)
-                native.batch_levels = call_levels
             if plan is not None:
                 native.rolled = {"loops": sum(1 for s in plan.segments
                                               if not isinstance(s, range)),
