@@ -349,7 +349,7 @@ def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
 
 
 def rolled_buffer_doubles(plan, width: int) -> int:
-    return max(plan.n_slots, 1) * width
+    return plan.n_slots * width
 
 
 class _Rolled:
@@ -359,7 +359,9 @@ class _Rolled:
         self.module, self.plan, self.flags = module, plan, flags
         self.width, self.vector_math = width, vector_math
         self.ty = DOUBLE if width == 1 else ir.VectorType(DOUBLE, width)
-        self.fn = fn = _kernel_fn(module, name, extra=(PTR,) if width > 1 else ())
+        # Several points at once take their buffer from the batch loop (if they need one).
+        self.buffer_arg = width > 1 and plan.n_slots > 0
+        self.fn = fn = _kernel_fn(module, name, extra=(PTR,) if self.buffer_arg else ())
         self.in_ptr, self.in_stride, self.out_ptr, self.out_stride = fn.args[:4]
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.vals: dict[Node, ir.Value] = {}
@@ -389,9 +391,11 @@ class _Rolled:
         b, fn = self.b, self.fn
         n_slots = rolled_buffer_doubles(self.plan, 1)
         heap = self.width == 1 and n_slots > ROLL_STACK_DOUBLES
-        if self.width > 1:
+        if self.buffer_arg:
             self.buf = fn.args[4]
             self.buf.add_attribute("noalias")
+        elif n_slots == 0:
+            self.buf = None          # straight code: every value stays in a register
         elif heap:
             malloc = self.module.globals.get("malloc") or ir.Function(
                 self.module, ir.FunctionType(PTR, [I64]), name="malloc")
@@ -615,35 +619,8 @@ def _load_input(b, in_ptr, in_stride, index, node):
 
 
 def _emit_single(module, graph, outputs, name, flags):
-    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64])
-    fn = ir.Function(module, fnty, name=name)
-    in_ptr, in_stride, out_ptr, out_stride = fn.args
-    in_ptr.name, in_stride.name, out_ptr.name, out_stride.name = "in", "is", "out", "os"
-    for a in (in_ptr, out_ptr):
-        a.add_attribute("noalias")
-    fn.attributes.add("nounwind")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-
-    index = {n: j for j, n in enumerate(graph.inputs)}
-    vals: dict[Node, ir.Value] = {}
-    for node in graph.live(outputs):
-        if node.op == "const":
-            vals[node] = _fconst(node.attrs[0])
-        elif node.op == "input":
-            j = index.get(node)
-            if j is None:
-                raise NotImplementedError(f"{node.line()} is a free variable, not a graph "
-                                          "input; only closed graphs can be compiled")
-            off = b.mul(in_stride, ir.Constant(I64, j))
-            vals[node] = b.load(b.gep(in_ptr, [off], source_etype=DOUBLE), typ=DOUBLE,
-                                name=f"v{node.id}")
-        else:
-            vals[node] = lower_node(b, module, node, [vals[a] for a in node.args], flags)
-    for k, o in enumerate(outputs):
-        off = b.mul(out_stride, ir.Constant(I64, k))
-        b.store(vals[o], b.gep(out_ptr, [off], source_etype=DOUBLE))
-    b.ret_void()
-    return fn
+    from .roll import straight_plan
+    return _Rolled(module, straight_plan(graph, outputs), name, flags, 1, False).emit(outputs)
 
 
 def calls_libm(graph: Graph, outputs: Sequence[Node]) -> bool:
@@ -674,33 +651,9 @@ def emit_vector_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node],
                        vector_math: bool = True) -> ir.Function:
     """``void name(const double* in, i64 is, double* out, i64 os)`` over ``width``
     consecutive points at once: input ``j`` of the points is the vector at ``in + j*is``.
-    Transcendentals call libmvec (see ``jit.vector_math_available``): within a few ulp
-    of scalar libm, not bit-identical, hence only under fast-math (``afn``)."""
-    vty = ir.VectorType(DOUBLE, width)
-    fn = _kernel_fn(module, name)
-    in_ptr, in_stride, out_ptr, out_stride = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    index = {n: j for j, n in enumerate(graph.inputs)}
-    vals: dict[Node, ir.Value] = {}
-    for node in graph.live(outputs):
-        if node.op == "const":
-            vals[node] = ir.Constant(vty, [float(node.attrs[0])] * width)
-        elif node.op == "input":
-            j = index.get(node)
-            if j is None:
-                raise NotImplementedError(f"{node.line()} is a free variable, not a graph "
-                                          "input; only closed graphs can be compiled")
-            off = b.mul(in_stride, ir.Constant(I64, j))
-            ld = b.load(b.gep(in_ptr, [off], source_etype=DOUBLE), typ=vty,
-                        name=f"v{node.id}")
-            ld.align = 8
-            vals[node] = ld
-        else:
-            vals[node] = lower_node(b, module, node, [vals[a] for a in node.args], flags,
-                                    vector_math)
-    for k, o in enumerate(outputs):
-        off = b.mul(out_stride, ir.Constant(I64, k))
-        st = b.store(vals[o], b.gep(out_ptr, [off], source_etype=DOUBLE))
-        st.align = 8
-    b.ret_void()
-    return fn
+    Transcendentals call libmvec with ``vector_math`` (see ``jit.vector_math_available``:
+    within a few ulp of scalar libm, not bit-identical, hence only under fast-math), else
+    scalar libm lane by lane (see ``lower_node``)."""
+    from .roll import straight_plan
+    return _Rolled(module, straight_plan(graph, outputs), name, flags, width,
+                   vector_math).emit(outputs)

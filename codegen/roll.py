@@ -229,6 +229,17 @@ def value_first_schedule(graph: Graph, outputs: Sequence[Node],
     return first + [n for n in rest if n not in seen]
 
 
+def straight_plan(graph: Graph, outputs: Sequence[Node]) -> Plan:
+    """The plan without loops: every op node of ``outputs`` as straight-line code, in
+    creation order (what ``lower`` emits for graphs that are not rolled)."""
+    schedule = creation_schedule(graph, outputs)
+    n = len(schedule)
+    return Plan(schedule, {node: i for i, node in enumerate(schedule)},
+                [range(0, n)] if n else [], np.zeros(n, bool), list(graph.inputs),
+                {node: j for j, node in enumerate(graph.inputs)},
+                np.full(n, -1, np.int64), 0)
+
+
 def creation_schedule(graph: Graph, outputs: Sequence[Node]) -> list[Node]:
     """The op nodes ``outputs`` depend on, in creation order."""
     return [n for n in graph.live(outputs) if n.args]
