@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from symad.codegen import lower, roll
 
 import symad
 from symad import compiled, interp
-
-pytest.importorskip("llvmlite")
-
-from symad.codegen import lower, roll  # noqa: E402
 
 
 def rosen(x):
