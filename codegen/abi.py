@@ -8,7 +8,8 @@ Three entries per compiled graph, all sharing the kernel emitted by ``lower.py``
   ``start .. end`` reading and writing the caller's C-order arrays in place (one pointer
   per argument / result leaf, leading axis = point). Tiles of points are gathered into
   column-major scratch so the kernel inlines into a loop with constant strides and
-  vectorises across points. ctypes foreign calls release the GIL, so batches run in
+  vectorises across points. A call writing more results than fit in the cache writes them
+  with streaming stores. ctypes foreign calls release the GIL, so batches run in
   parallel from a thread pool.
 * ``NAME_py(self, args, nargs)``: a CPython ``METH_FASTCALL`` function emitted in IR,
   for functions whose arguments are all scalars. It reads exact ``float`` /
@@ -45,6 +46,11 @@ _OB_TYPE_OFFSET = 8
 _FLOAT_VALUE_OFFSET = 16
 
 
+# Batch calls writing more result doubles than this (16 MiB, half this machine's L3)
+# write them with streaming stores.
+STREAMING_OUT_DOUBLES = 2 * 1024 * 1024
+
+
 def batch_tile(n_in: int, n_out: int) -> int:
     """Points per tile (a multiple of 8): the input and output tiles together stay near
     32 KiB (L1)."""
@@ -77,10 +83,18 @@ def _loop(b: ir.IRBuilder, lo, hi, body, name: str = "i"):
     b.position_at_end(done)
 
 
-def _copy_leaves(b, leaves, sizes, tile, i0, m, tile_buf, to_tile: bool):
+def _nontemporal(b, store):
+    """Mark a store to the caller's arrays as streaming (no read of the line first)."""
+    store.set_metadata("nontemporal", b.module.add_metadata([ir.Constant(I32, 1)]))
+    return store
+
+
+def _copy_leaves(b, leaves, sizes, tile, i0, m, tile_buf, to_tile: bool,
+                 streaming: bool = False):
     """Move leaf ``k``'s rows (``sizes[k]`` doubles per point, C order) between the
     caller's arrays and the column-major tile (element ``e`` of point ``i`` at
-    ``tile_buf[e * tile + i]``)."""
+    ``tile_buf[e * tile + i]``). ``streaming``: the caller's rows are written with
+    non-temporal stores."""
     zero = ir.Constant(I64, 0)
     off = 0
     for k, size in enumerate(sizes):
@@ -96,7 +110,9 @@ def _copy_leaves(b, leaves, sizes, tile, i0, m, tile_buf, to_tile: bool):
                         source_etype=DOUBLE)
             if not to_tile:
                 src, dst = dst, src
-            b.store(b.load(src, typ=DOUBLE), dst)
+            store = b.store(b.load(src, typ=DOUBLE), dst)
+            if streaming:
+                _nontemporal(b, store)
 
         if size <= 16:      # short rows: unrolled, one pass over the points
             def per_point(b, i, move=move, size=size):
@@ -104,7 +120,8 @@ def _copy_leaves(b, leaves, sizes, tile, i0, m, tile_buf, to_tile: bool):
                     move(b, ir.Constant(I64, e), i)
             _loop(b, zero, m, per_point, f"p{k}")
         else:
-            _copy_blocks(b, base, size, off, tile, i0, m, tile_buf, to_tile, move, k)
+            _copy_blocks(b, base, size, off, tile, i0, m, tile_buf, to_tile, move, k,
+                         streaming)
         off += size
 
 
@@ -126,7 +143,8 @@ def _transpose4(b, rows: list) -> list:
             b.shuffle_vector(t0, t2, second), b.shuffle_vector(t1, t3, second)]
 
 
-def _copy_blocks(b, base, size, off, tile, i0, m, tile_buf, to_tile, move, k):
+def _copy_blocks(b, base, size, off, tile, i0, m, tile_buf, to_tile, move, k,
+                 streaming=False):
     """Long rows in 4x4 blocks: four points' rows read (or written) as vectors and
     transposed in registers, so both the rows and the tile are accessed contiguously.
     Element by element, LLVM gathers across rows instead, at ~1.5 ns per double here
@@ -157,7 +175,10 @@ def _copy_blocks(b, base, size, off, tile, i0, m, tile_buf, to_tile, move, k):
         for v in vecs:
             v.align = 8
         for v, ptr in zip(_transpose4(b, vecs), ptrs):
-            b.store(v, ptr).align = 8
+            store = b.store(v, ptr)
+            store.align = 8
+            if streaming:
+                _nontemporal(b, store)
 
     def four_points(b, p):
         _loop(b, zero, ir.Constant(I64, size4 // 4), lambda b, q: block(b, q, p), f"q{k}")
@@ -217,6 +238,10 @@ def emit_batch(module: ir.Module, kernel: ir.Function | None, name: str, in_size
     tile_in = scratch
     tile_out = b.gep(scratch, [ir.Constant(I64, n_in * tile)], source_etype=DOUBLE)
     t = ir.Constant(I64, tile)
+    # Results far larger than the cache are written with streaming stores: an ordinary
+    # store first reads the line it writes (read for ownership), a third more traffic.
+    streaming = b.icmp_signed(">", b.mul(b.sub(end, start), ir.Constant(I64, n_out)),
+                              ir.Constant(I64, STREAMING_OUT_DOUBLES), name="streaming")
     # Tiles: i0 = start, start + tile, ... (the loop counter counts tiles).
     n_tiles = b.sdiv(b.add(b.sub(end, start), ir.Constant(I64, tile - 1)), t)
 
@@ -241,9 +266,15 @@ def emit_batch(module: ir.Module, kernel: ir.Function | None, name: str, in_size
             _loop(b, ir.Constant(I64, 0), t, lambda b, i: b.call(kernel, [
                 b.gep(tile_in, [i], source_etype=DOUBLE), t,
                 b.gep(tile_out, [i], source_etype=DOUBLE), t]), "pt")
-        _copy_leaves(b, outs, out_sizes, tile, i0, m, tile_out, False)
+        with b.if_else(streaming) as (stream, cached):
+            with stream:
+                _copy_leaves(b, outs, out_sizes, tile, i0, m, tile_out, False, True)
+            with cached:
+                _copy_leaves(b, outs, out_sizes, tile, i0, m, tile_out, False)
 
     _loop(b, ir.Constant(I64, 0), n_tiles, per_tile, "tile")
+    with b.if_then(streaming):
+        b.fence("seq_cst")      # streaming stores are weakly ordered: drain them
     b.ret_void()
     return fn
 

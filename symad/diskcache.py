@@ -35,8 +35,9 @@ import zlib
 log = logging.getLogger("symad")
 
 ENV_VAR = "SYMAD_CACHE_DIR"
-# Bumped whenever the emitted code changes for the same graph (2: rolled loops).
-FORMAT = 2
+# Bumped whenever the emitted code changes for the same graph (2: rolled loops; 3:
+# streaming stores in batches).
+FORMAT = 3
 MAGIC = b"SYMADOBJ"
 _DIGEST = 32
 
