@@ -441,6 +441,7 @@ class _Rolled:
                 v = self.input(ir.Constant(I64, j), f"v{a.id}")
             else:
                 at = self.plan.slot_of[self.plan.position[a]]
+                assert at >= 0, f"{a.line()} is read but was never stored"
                 v = self.load(self.slot(ir.Constant(I64, int(at))), f"v{a.id}")
             self.vals[a] = v
         return v
@@ -530,6 +531,8 @@ class _Rolled:
             phi.add_incoming(body[rr], b.block)
         b.cbranch(b.icmp_signed("<", nxt, ir.Constant(I64, seg.trips)), head, done)
         b.position_at_end(done)
+        for r in seg.keeps:     # the last iteration's values, read after the loop
+            self.vals[schedule[seg.stop - p + r]] = body[r]
 
     def splat(self, v: ir.Value) -> ir.Value:
         """A double as this kernel's value type (all lanes equal)."""

@@ -81,6 +81,9 @@ class Loop:
     # writes[r]: body element r of iteration j is output k0 + kstep*j, written by the
     # loop itself (k0, kstep), or None (see ``_direct_writes``).
     writes: tuple = ()
+    # Body elements whose last iteration's value is read after the loop, and no other
+    # iteration's: it stays in a register (a running sum's total), never stored.
+    keeps: tuple = ()
 
     @property
     def stop(self) -> int:
@@ -300,7 +303,8 @@ def plan_schedule(graph: Graph, schedule: list, outputs: Sequence[Node],
     if straight_from < n:
         segments.append(range(straight_from, n))
     segments = _direct_writes(segments, position, outputs)
-    in_memory = _in_memory(schedule, position, segments, in_loop, outputs)
+    in_memory, by_slot = _in_memory(schedule, position, segments, in_loop, outputs)
+    segments = _keep_last(segments, in_memory, by_slot)
     segments, slot_of, n_slots = _assign_slots(segments, in_memory)
     return Plan(schedule, position, segments, in_memory, list(graph.inputs), input_index,
                 slot_of, n_slots)
@@ -331,6 +335,26 @@ def _direct_writes(segments: list, position: dict, outputs: Sequence[Node]) -> l
             ok = (ks >= 0).all() and (np.diff(ks) == step).all()
             writes.append((int(ks[0]), step) if ok else None)
         out.append(replace(seg, writes=tuple(writes)))
+    return out
+
+
+def _keep_last(segments: list, mem: np.ndarray, by_slot: np.ndarray) -> list:
+    """Loop elements of which code after the loop reads only the last iteration's value,
+    and reads it by name, not through a computed slot: that value stays in a register
+    (``Loop.keeps``), and ``mem`` drops it, so the loop stores nothing for it."""
+    out = []
+    for seg in segments:
+        if isinstance(seg, range):
+            out.append(seg)
+            continue
+        keeps = []
+        last = seg.stop - seg.period
+        for r in range(seg.period):
+            col = mem[seg.start + r:seg.stop:seg.period]
+            if col[-1] and not col[:-1].any() and not by_slot[last + r]:
+                mem[last + r] = False
+                keeps.append(r)
+        out.append(replace(seg, keeps=tuple(keeps)) if keeps else seg)
     return out
 
 
@@ -488,9 +512,11 @@ def operand_home(loop: Loop, r: int, op: Operand) -> str:
     return "buffer"
 
 
-def _in_memory(schedule, position, segments, in_loop, outputs) -> np.ndarray:
-    """Positions whose value some code reads back from the buffer."""
+def _in_memory(schedule, position, segments, in_loop, outputs) -> tuple:
+    """Positions whose value some code reads back from the buffer, and of those the ones
+    a loop reads through a computed slot (affine or a table), not by name."""
     mem = np.zeros(len(schedule), bool)
+    by_slot = np.zeros(len(schedule), bool)
     for seg in segments:
         if isinstance(seg, range):
             for i in seg:
@@ -505,9 +531,10 @@ def _in_memory(schedule, position, segments, in_loop, outputs) -> np.ndarray:
                     continue
                 home = operand_home(seg, r, op)
                 if op.table is not None:
-                    mem[op.table] = True
+                    mem[op.table] = by_slot[op.table] = True
                 elif home == "buffer":
-                    mem[op.a + op.step * np.arange(seg.trips)] = True
+                    at = op.a + op.step * np.arange(seg.trips)
+                    mem[at] = by_slot[at] = True
                 elif home in ("hoisted", "carried") and in_loop[op.a]:
                     mem[op.a] = True
     written = np.zeros(len(schedule), bool)    # outputs the loops write themselves
@@ -520,4 +547,4 @@ def _in_memory(schedule, position, segments, in_loop, outputs) -> np.ndarray:
         j = position.get(o)
         if j is not None and in_loop[j] and not written[j]:
             mem[j] = True
-    return mem
+    return mem, by_slot

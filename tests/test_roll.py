@@ -82,6 +82,23 @@ def test_rosenbrock_becomes_two_fused_loops():
     np.testing.assert_allclose(f(x)[1], _rosen_grad(x), rtol=1e-12)
 
 
+def test_running_sum_total_stays_in_a_register():
+    # Only the last partial sum is read after the loop (the value output): the loop keeps
+    # it in a register instead of storing every partial sum to the buffer.
+    x = np.linspace(-1.0, 1.0, 500)
+    f = symad.compile_grad(rosen)
+    f(x)
+    plan = roll.plan(f.grad_graph, f._latest().outputs)
+    loops = [seg for seg in plan.segments if isinstance(seg, roll.Loop)]
+    kept = [(seg, r) for seg in loops for r in seg.keeps]
+    assert kept, "the running sum's total should be kept, not stored"
+    for seg, r in kept:
+        assert seg.stores[r] < 0
+        assert plan.slot_of[seg.stop - seg.period + r] < 0
+    (v, g), (v0, g0), _ = _pair(rosen, x)
+    assert v == v0 and np.array_equal(g, g0)
+
+
 def _rosen_grad(x):
     g = np.zeros_like(x)
     g[:-1] = -400.0 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2.0 * (1.0 - x[:-1])
