@@ -20,10 +20,11 @@ loop-carried values such as a running sum, through a phi).
 
 Finding them is linear in the schedule and vectorised: a signature per node; for each
 period ``p <= MAX_PERIOD`` the run length over which ``sig[i] == sig[i+p]``; then greedy,
-left to right, the longest stretch, shortened where that keeps every operand affine
-(``_even_trips``). Three schedules are tried (creation order; depth-first, which fuses
-each element's whole computation into one loop body; the value depth-first, then the
-reverse pass in creation order) and the best plan kept (``plan``).
+left to right, the longest stretch, shortened, or its period multiplied, where that
+keeps every operand affine (``_even_trips``, ``_uneven``). Three schedules are tried
+(creation order; depth-first, which fuses each element's whole computation into one
+loop body; the value depth-first, then the reverse pass in creation order) and the best
+plan kept (``plan``).
 """
 
 from __future__ import annotations
@@ -290,11 +291,8 @@ def plan_schedule(graph: Graph, schedule: list, outputs: Sequence[Node],
         even = _even_trips(kind, ref, s, p, trips)
         if even_enough(even, trips):
             trips = even
-        elif trips > min_trips:
-            # Often only the first iteration differs (an end of the array): peel it.
-            even = _even_trips(kind, ref, s + p, p, trips - 1)
-            if even_enough(even, trips - 1):
-                s, trips = s + p, even
+        else:
+            p, trips, s = _uneven(kind, ref, s, p, trips, even_enough, max_period)
         if straight_from < s:
             segments.append(range(straight_from, s))
         segments.append(_loop(graph, kind, ref, s, p, trips))
@@ -470,6 +468,24 @@ def _even_trips(kind, ref, start, p, trips) -> int:
         if check == trips:
             return trips
         check = min(trips, check * 4)
+
+
+def _uneven(kind, ref, s, p, trips, even_enough, max_period) -> tuple:
+    """Period, trips and start for a stretch whose operands do not all move evenly with
+    period ``p``. Often only the first iteration differs (an end of the array): peel it.
+    Or a small multiple of the period moves evenly where ``p`` does not (the reverse
+    pass over the three coordinates of each pair: one op per coordinate, each
+    coordinate's values in an array of their own). Else ``p`` as it is, with tables for
+    the uneven operands."""
+    for q in range(p, min(4 * p, max_period) + 1, p):
+        for start in ((s + p,) if q == p else (s, s + p)):
+            tq = (s + trips * p - start) // q
+            if tq < MIN_TRIPS:
+                return p, trips, s
+            even = _even_trips(kind, ref, start, q, tq)
+            if even_enough(even, tq, q):
+                return q, even, start
+    return p, trips, s
 
 
 def _loop(graph, kind, ref, s, p, trips) -> Loop:

@@ -115,6 +115,14 @@ def test_pairs_of_particles_use_index_tables():
     tables = [op for seg in plan.segments if isinstance(seg, roll.Loop)
               for row in seg.operands for op in row if op.table is not None]
     assert tables, "the i < j pairs do not move evenly: they need index tables"
+    # The reverse pass over each pair's three coordinates moves evenly only per pair
+    # (each coordinate's values are an array of their own): a loop of three times the
+    # period, without tables, rather than one op per iteration with tables.
+    loops = [seg for seg in plan.segments if isinstance(seg, roll.Loop)]
+    coords = [seg for seg in loops if seg.trips >= 150 and
+              [plan.schedule[seg.start + r].op for r in range(seg.period)] == ["add", "mul"] * 3]
+    assert coords and not any(op.table is not None or op.slot_table is not None
+                              for seg in coords for row in seg.operands for op in row)
 
 
 def test_heap_buffer_for_large_kernels(monkeypatch):
