@@ -43,7 +43,7 @@ MIN_TRIPS = 4
 MIN_NODES = 24
 MAX_PERIOD = 48
 # Choosing between the schedules' plans (see ``plan``).
-LARGER = 4
+LARGER = 3
 
 # Operand kinds.
 NONE, NODE, INPUT, CONST = 0, 1, 2, 3
@@ -210,9 +210,10 @@ def plan(graph: Graph, outputs: Sequence[Node]) -> Plan:
 
     Measured (value+grad, single call / batch of 2,000): Rosenbrock n=1000 depth-first
     (2 fused loops, 46 body nodes) 2.1 us against 3.6 us in creation order; Lennard-Jones
-    64 value-first 23 us and 0.11 M points/s against 29 us and 0.064 in creation order
-    (depth-first: 4.6k body nodes); the 4-8-1 network loss in creation order (118 body
-    nodes) 2.7 us and 0.10 s to build against 2.9 us and 0.25 s depth-first (801)."""
+    64 value-first (1.3k body nodes) 12.7 us and 0.15 M points/s, depth-first (4.6k body
+    nodes, least estimated work, hence ``LARGER`` = 3, not 4) 45 us; the 4-8-1 network
+    loss in creation order (118 body nodes) 2.7 us and 0.10 s to build against 2.9 us
+    and 0.25 s depth-first (801)."""
     creation = creation_schedule(graph, outputs)
     table = _operands(graph, creation)
     plans = [plan_schedule(graph, order, outputs, table)
@@ -478,7 +479,8 @@ def _uneven(kind, ref, s, p, trips, even_enough, max_period) -> tuple:
     coordinate's values in an array of their own). Else ``p`` as it is, with tables for
     the uneven operands."""
     for q in range(p, min(4 * p, max_period) + 1, p):
-        for start in ((s + p,) if q == p else (s, s + p)):
+        # starting up to one iteration of the new period later (peeled, or in phase)
+        for start in range(s + p if q == p else s, s + q + 1, p):
             tq = (s + trips * p - start) // q
             if tq < MIN_TRIPS:
                 return p, trips, s

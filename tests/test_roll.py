@@ -123,6 +123,13 @@ def test_pairs_of_particles_use_index_tables():
               [plan.schedule[seg.start + r].op for r in range(seg.period)] == ["add", "mul"] * 3]
     assert coords and not any(op.table is not None or op.slot_table is not None
                               for seg in coords for row in seg.operands for op in row)
+    # Likewise the additions into the gradient along a row of pairs (i, j > i): per pair,
+    # so each coordinate's running sum for particle i is carried in a register.
+    rows = [seg for seg in loops if
+            [plan.schedule[seg.start + r].op for r in range(seg.period)] == ["sub", "add"] * 3]
+    assert rows and all(sum(roll.operand_home(seg, r, op) == "carried"
+                            for r, row in enumerate(seg.operands) for op in row) == 3
+                        for seg in rows)
 
 
 def test_heap_buffer_for_large_kernels(monkeypatch):
