@@ -573,11 +573,13 @@ class _Specialization:
         in_ptrs = np.array([a.__array_interface__["data"][0] for a in ins], dtype=np.uintp)
         out_ptrs = np.array([a.__array_interface__["data"][0] for a in outs], dtype=np.uintp)
         per = batch_scratch_doubles(self.n_in, self.n_out, self.native.batch_buffer)
+        per += -per % 8           # each thread's part on a cache line of its own
         chunks = _batch_chunks(n, self.n_nodes, threads)
-        scratch = np.zeros(max(per * chunks, 1))   # zeros: no denormal garbage
+        scratch = np.zeros(per * chunks + 8)   # zeros: no denormal garbage
         fn = self.native.batch
-        ip, op, sp = (in_ptrs.ctypes.data, out_ptrs.ctypes.data,
-                      scratch.__array_interface__["data"][0])
+        sp = scratch.__array_interface__["data"][0]
+        sp += -sp % 64            # aligned: no vector of the tile straddles two lines
+        ip, op = in_ptrs.ctypes.data, out_ptrs.ctypes.data
         if chunks == 1:
             fn(ip, op, 0, n, sp)      # ctypes releases the GIL during the call
         else:
