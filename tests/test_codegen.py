@@ -217,15 +217,16 @@ def test_batch_equals_single_calls():
     np.testing.assert_array_equal(g2, grads)
 
 
-@pytest.mark.parametrize("n_points", [1, 3, 4, 7, 257, 1003])
-def test_batch_long_rows_equal_single_calls(n_points):
-    # Leaves longer than 16 doubles per point move through the batch tile in 4x4 blocks:
+@pytest.mark.parametrize("n_points, sizes", [(1, (37, 18)), (3, (37, 18)), (4, (37, 18)),
+                                             (7, (5, 10)), (257, (37, 18)), (1003, (4, 7))])
+def test_batch_long_rows_equal_single_calls(n_points, sizes):
+    # Leaves of 4 or more doubles per point move through the batch tile in 4x4 blocks:
     # every tail (points % 4, elements % 4, several leaves at offsets) must land right.
     def f(x, y):
         return np.sum(np.sin(x) * x[0]) + np.sum(y * y) * x[-1]
     g = symad.compile_grad(f)
     rng = np.random.default_rng(n_points)
-    xs, ys = rng.uniform(-1, 1, (n_points, 37)), rng.uniform(-1, 1, (n_points, 18))
+    xs, ys = rng.uniform(-1, 1, (n_points, sizes[0])), rng.uniform(-1, 1, (n_points, sizes[1]))
     values, (gx, gy) = g.batch(xs, ys)
     for i in {0, n_points // 2, n_points - 1}:
         v, (gxi, gyi) = g(xs[i], ys[i])
