@@ -294,9 +294,11 @@ def plan_schedule(graph: Graph, schedule: list, outputs: Sequence[Node],
             trips = even
         else:
             p, trips, s = _uneven(kind, ref, s, p, trips, even_enough, max_period)
+        loop = _rotated(graph, kind, ref, _loop(graph, kind, ref, s, p, trips))
+        s, trips = loop.start, loop.trips
         if straight_from < s:
             segments.append(range(straight_from, s))
-        segments.append(_loop(graph, kind, ref, s, p, trips))
+        segments.append(loop)
         in_loop[s:s + trips * p] = True
         straight_from = s + trips * p
     if straight_from < n:
@@ -488,6 +490,33 @@ def _uneven(kind, ref, s, p, trips, even_enough, max_period) -> tuple:
             if even_enough(even, tq, q):
                 return q, even, start
     return p, trips, s
+
+
+def _carried(loop: Loop) -> int:
+    return sum(op.kind == NODE and operand_home(loop, r, op) == "carried"
+               for r, row in enumerate(loop.operands) for op in row)
+
+
+def _rotated(graph, kind, ref, loop: Loop) -> Loop:
+    """``loop``, or the same stretch started ``t`` nodes later (one iteration fewer) when
+    that leaves no value carried from one iteration into the next. An iteration that
+    starts in the middle of an element's computation hands its last values on through
+    phis, which keeps LLVM from vectorising the loop (Lennard-Jones' reverse pass per
+    pair). Body element ``r`` reading element ``q`` of the previous iteration reads it
+    within the iteration once the loop starts at ``r < t <= q``. A running sum reads
+    itself (``q == r``) and stays carried however the loop is cut; such a loop stays as
+    it is, which also keeps a sum's terms a step ahead of their addition (Rosenbrock
+    n=1000 rotated anyway: 1.8 -> 2.4 us)."""
+    pairs = [(r, op.a - (loop.start - loop.period))
+             for r, row in enumerate(loop.operands) for op in row
+             if op.kind == NODE and operand_home(loop, r, op) == "carried"]
+    if not pairs or loop.trips <= MIN_TRIPS:
+        return loop
+    t = max(r for r, _ in pairs) + 1
+    if t > min(q for _, q in pairs):
+        return loop
+    cand = _loop(graph, kind, ref, loop.start + t, loop.period, loop.trips - 1)
+    return cand if _carried(cand) == 0 else loop
 
 
 def _loop(graph, kind, ref, s, p, trips) -> Loop:

@@ -120,9 +120,14 @@ def test_pairs_of_particles_use_index_tables():
     # period, without tables, rather than one op per iteration with tables.
     loops = [seg for seg in plan.segments if isinstance(seg, roll.Loop)]
     coords = [seg for seg in loops if seg.trips >= 150 and
-              [plan.schedule[seg.start + r].op for r in range(seg.period)] == ["add", "mul"] * 3]
+              sorted(plan.schedule[seg.start + r].op for r in range(seg.period)) ==
+              ["add"] * 3 + ["mul"] * 3]
     assert coords and not any(op.table is not None or op.slot_table is not None
                               for seg in coords for row in seg.operands for op in row)
+    # and each iteration is one whole pair: nothing carried from the one before, so LLVM
+    # can vectorise the loop (see ``roll._rotated``)
+    assert all(roll.operand_home(seg, r, op) != "carried" for seg in coords
+               for r, row in enumerate(seg.operands) for op in row if op.kind == roll.NODE)
     # Likewise the additions into the gradient along a row of pairs (i, j > i): per pair,
     # so each coordinate's running sum for particle i is carried in a register.
     rows = [seg for seg in loops if
