@@ -465,11 +465,20 @@ class _Rolled:
         hoisted: dict = {}
         carried: dict = {}         # body element -> its value before the first iteration
         tables: dict = {}
+        shared: dict = {}          # index tables equal up to a constant share one global
         for r, row in enumerate(seg.operands):
             for k, op in enumerate(row):
                 table = op.slot_table if op.kind == NODE else op.table
-                if table is not None:
-                    tables[r, k] = _table(self.module, table, f"t{seg.start}.{r}.{k}")
+                if table is not None and table.dtype.kind == "f":
+                    tables[r, k] = (*_table(self.module, table, f"t{seg.start}.{r}.{k}"), 0)
+                elif table is not None:
+                    first = int(table[0])
+                    key = (table - first).tobytes()
+                    if key not in shared:
+                        shared[key] = (*_table(self.module, table, f"t{seg.start}.{r}.{k}"),
+                                       first)
+                    glob, elem, base = shared[key]
+                    tables[r, k] = (glob, elem, first - base)
                 elif op.kind == INPUT and op.step == 0:
                     hoisted[r, k] = self.get(plan.inputs[op.a])
                 elif op.kind == NODE:
@@ -495,9 +504,12 @@ class _Rolled:
             if at not in tables:
                 a, step = (op.slot_a, op.slot_step) if op.kind == NODE else (op.a, op.step)
                 return b.add(ir.Constant(I64, a), b.mul(j, ir.Constant(I64, step)))
-            table, elem = tables[at]
+            table, elem, offset = tables[at]
             v = b.load(b.gep(table, [j], source_etype=elem), typ=elem)
-            return v if elem == DOUBLE else b.sext(v, I64)
+            if elem == DOUBLE:
+                return v
+            v = b.sext(v, I64)
+            return b.add(v, ir.Constant(I64, offset)) if offset else v
 
         body: list[ir.Value] = []
         for r, row in enumerate(seg.operands):
