@@ -78,6 +78,7 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
     node = graph.node
     nodes = graph.nodes
     dep = _depends(graph, wrt, lo, hi)
+    wrt_set = set(wrt)
     bars: dict[Node, Node] = {}
     masked: set[Node] = set()   # adjoints that may be an exact zero from a selection
     for o, c in seeds:
@@ -99,6 +100,8 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
                     masked.add(a)
                 prev = bars.get(a)
                 bars[a] = contrib if prev is None else node("add", (prev, contrib))
+                if prev is not None and a in wrt_set:
+                    graph.accumulations.add(bars[a].id)
     finally:
         graph._open -= 1
     return [bars.get(w) for w in wrt]

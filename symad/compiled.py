@@ -93,7 +93,9 @@ class _Native:
         self.py_address = module.addresses[py_name] if py_name else None
         self.py_name = py_name
         self.py_spec = py_spec
-        self._build_batch = build_batch     # () -> JIT module holding the batch entry
+        # () -> (JIT module holding the batch entry, its name, doubles of scratch its
+        # kernel needs per thread besides the tile)
+        self._build_batch = build_batch
         self._batch = None
         self.batch_module = None
         self._lock = threading.Lock()
@@ -113,7 +115,7 @@ class _Native:
             from symad.codegen import abi
             with self._lock:
                 if self._batch is None:
-                    self.batch_module, name = self._build_batch()
+                    self.batch_module, name, self.batch_buffer = self._build_batch()
                     self._batch = abi.BATCH_PROTO(self.batch_module.addresses[name])
                     self._build_batch = None        # drop the graph it closed over
                 fn = self._batch
@@ -368,12 +370,17 @@ class _Specialization:
             def build_batch():
                 bmodule = jit.new_module(f"{base}_b")
                 if rolled_batch:
-                    vector = lower.emit_rolled(bmodule, plan, outputs, f"{base}_kernel4",
+                    # planned anew for four points at once (``roll.plan``'s ``batch``)
+                    bplan = lower.rolled_plan(graph, outputs, batch=True) or plan
+                    vector = lower.emit_rolled(bmodule, bplan, outputs, f"{base}_kernel4",
                                                flags, width=4, vector_math=use_vector_math)
+                    buffer = lower.rolled_buffer_doubles(bplan, 4)
                     abi.emit_batch(bmodule, None, f"{base}_batch", *leaf_sizes, vector,
-                                   kernel_buffer=lower.rolled_buffer_doubles(plan, 4))
-                    return compile_llvm(bmodule, [f"{base}_batch"], key + ":batch",
-                                        call_levels, unroll=False), f"{base}_batch"
+                                   kernel_buffer=buffer)
+                    # the buffer size in the key: cached code must match this plan's
+                    return compile_llvm(bmodule, [f"{base}_batch"],
+                                        f"{key}:batch:{buffer}", call_levels,
+                                        unroll=False), f"{base}_batch", buffer
                 bbody = _emit_body(lower, bmodule, graph, outputs, f"{base}_kernel.body",
                                    flags, name)
                 bbody.attributes.add("alwaysinline")   # one copy, inlined into the loop
@@ -389,12 +396,10 @@ class _Specialization:
                                                       vector_math=use_vector_math)
                 abi.emit_batch(bmodule, bbody, f"{base}_batch", *leaf_sizes, vector)
                 return compile_llvm(bmodule, [f"{base}_batch"], key + ":batch", levels), \
-                    f"{base}_batch"
+                    f"{base}_batch", 0
 
             native = _Native(mod, symbols[0], py_name, spec, build_batch)
             native.batch_levels = call_levels if rolled_batch else levels
-            if rolled_batch:
-                native.batch_buffer = lower.rolled_buffer_doubles(plan, 4)
             if plan is not None:
                 native.rolled = {"loops": sum(1 for s in plan.segments
                                               if not isinstance(s, range)),
@@ -572,11 +577,11 @@ class _Specialization:
             [np.empty((n,) + tuple(s)) for s in self.out_leaf_shapes]
         in_ptrs = np.array([a.__array_interface__["data"][0] for a in ins], dtype=np.uintp)
         out_ptrs = np.array([a.__array_interface__["data"][0] for a in outs], dtype=np.uintp)
+        fn = self.native.batch    # built at the first batch; then its scratch size is known
         per = batch_scratch_doubles(self.n_in, self.n_out, self.native.batch_buffer)
         per += -per % 8           # each thread's part on a cache line of its own
         chunks = _batch_chunks(n, self.n_nodes, threads)
         scratch = np.zeros(per * chunks + 8)   # zeros: no denormal garbage
-        fn = self.native.batch
         sp = scratch.__array_interface__["data"][0]
         sp += -sp % 64            # aligned: no vector of the tile straddles two lines
         ip, op = in_ptrs.ctypes.data, out_ptrs.ctypes.data

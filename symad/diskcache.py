@@ -36,8 +36,8 @@ log = logging.getLogger("symad")
 
 ENV_VAR = "SYMAD_CACHE_DIR"
 # Bumped whenever the emitted code changes for the same graph (2: rolled loops; 3:
-# streaming stores in batches, loop totals kept in registers).
-FORMAT = 3
+# streaming stores in batches, loop totals kept in registers; 4: batches planned apart).
+FORMAT = 4
 MAGIC = b"SYMADOBJ"
 _DIGEST = 32
 

@@ -89,6 +89,9 @@ class Graph:
         self.fastmath = fastmath
         self._table: dict[tuple, Node] = {}
         self._open = 0  # >0 while a trace or an AD pass may add nodes through tracers
+        # Ids of the additions the reverse pass made to sum a gradient's contributions
+        # (``ad.vjp_nodes``): a scheduling hint for ``codegen.roll``, nothing more.
+        self.accumulations: set[int] = set()
         # Pytree structure of the traced function (set by trace); shapes of arg/out leaves.
         self.in_tree: Any = None
         self.out_tree: Any = None

@@ -160,12 +160,34 @@ def test_schedules_are_topological_and_complete():
     f(x)
     g, outs = f.grad_graph, f._latest().outputs
     ops = {n for n in g.live(outs) if n.args}
+    assert g.accumulations      # the reverse pass recorded its gradient sums
     for order in (roll.creation_schedule, roll.depth_first_schedule,
-                  roll.value_first_schedule):
+                  roll.value_first_schedule, roll.contributions_first_schedule):
         sched = order(g, outs)
         assert set(sched) == ops and len(sched) == len(ops)
         pos = {n: i for i, n in enumerate(sched)}
         assert all(pos[a] < pos[n] for n in sched for a in n.args if a in pos)
+
+
+def test_rolled_batch_is_planned_apart_and_matches_single_calls(monkeypatch):
+    # The batch kernel (four points at once) may take the contributions-first plan, which
+    # fuses each pair's adjoint; its results equal the single calls' bit for bit.
+    monkeypatch.setattr(compiled, "ROLLED_BATCH_NODES", 1000)
+    compiled._CACHE.clear()
+    n = 3 * 20
+    f = symad.compile_grad(lennard_jones)
+    rng = np.random.default_rng(11)
+    xs = np.arange(n, dtype=float) * 0.37 % 3.0 + rng.uniform(0, 0.1, (9, n))
+    values, grads = f.batch(xs, threads=1)
+    native = f._latest().native
+    assert native.batch_buffer > 0          # the rolled kernel's value buffer
+    g, outs = f.grad_graph, f._latest().outputs
+    single, batch = roll.plan(g, outs), roll.plan(g, outs, batch=True)
+    assert batch.work() < single.work()     # the fused reverse pass won for the batch
+    for i in range(len(xs)):
+        v, gi = f(xs[i])
+        assert v == values[i] and np.array_equal(gi, grads[i])
+    compiled._CACHE.clear()
 
 
 def test_deep_chain_schedules_without_recursion():
