@@ -264,22 +264,9 @@ def contributions_first_schedule(graph: Graph, outputs: Sequence[Node],
     rest = creation if creation is not None else creation_schedule(graph, outputs)
     sums = [n for n in rest if is_sum[n.id] and not seen[n.id]]
     for n in sums:
-        for a in n.args:
-            if seen[a.id] or is_sum[a.id] or not a.args:
-                continue
-            seen[a.id] = 1          # a contribution: its cone, depth-first, up to sums
-            stack = [(a, iter(_latest_first(a.args)))]
-            while stack:
-                node, todo = stack[-1]
-                for b in todo:
-                    if not seen[b.id] and not is_sum[b.id]:
-                        seen[b.id] = 1
-                        if b.args:
-                            stack.append((b, iter(_latest_first(b.args))))
-                            break
-                else:
-                    stack.pop()
-                    order.append(node)
+        for a in n.args:        # a contribution: its cone, depth-first, up to the sums
+            if not seen[a.id] and not is_sum[a.id] and a.args:
+                _post_order(a, seen, order, is_sum)
     for n in sums:
         seen[n.id] = 1
         order.append(n)
@@ -480,22 +467,28 @@ def depth_first_schedule(graph: Graph, outputs: Sequence[Node]) -> list[Node]:
     seen = bytearray(len(graph.nodes))
     order: list[Node] = []
     for out in outputs:
-        if seen[out.id] or not out.args:
-            continue
-        seen[out.id] = 1
-        stack = [(out, iter(_latest_first(out.args)))]
-        while stack:
-            node, todo = stack[-1]
-            for a in todo:
-                if not seen[a.id]:
-                    seen[a.id] = 1
-                    if a.args:          # leaves (inputs, constants) are not scheduled
-                        stack.append((a, iter(_latest_first(a.args))))
-                        break
-            else:
-                stack.pop()
-                order.append(node)
+        if not seen[out.id] and out.args:
+            _post_order(out, seen, order)
     return order
+
+
+def _post_order(root: Node, seen: bytearray, order: list, stop: bytearray | None = None):
+    """Append ``root`` and the op nodes it needs that are not ``seen`` yet to ``order``,
+    depth-first post-order, iteratively (graphs are deep); nodes marked in ``stop`` are
+    not entered. Leaves (inputs, constants) are not scheduled."""
+    seen[root.id] = 1
+    stack = [(root, iter(_latest_first(root.args)))]
+    while stack:
+        node, todo = stack[-1]
+        for a in todo:
+            if not seen[a.id] and not (stop is not None and stop[a.id]):
+                seen[a.id] = 1
+                if a.args:
+                    stack.append((a, iter(_latest_first(a.args))))
+                    break
+        else:
+            stack.pop()
+            order.append(node)
 
 
 def _latest_first(args: tuple) -> tuple:
