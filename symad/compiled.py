@@ -727,6 +727,12 @@ class CompiledFunction:
         With a ``dask.array`` leaf the batch is lazy and distributed: one native batch
         per chunk of points, results are dask arrays (see :mod:`symad.dask_batch`).
 
+        Transcendentals (sin, exp, log, tanh, erf, ...) run through scalar libm, lane by
+        lane, so every point equals a single call bit for bit. A function compiled with
+        ``fastmath=("afn",)`` calls glibc's vector math library (libmvec) for them
+        instead where the CPU has AVX2, four points at once, within a few ulp: several
+        times faster on batches dominated by such functions, arithmetic still IEEE.
+
         Returns:
             Like a single call, with a leading axis N on every output leaf.
         """
