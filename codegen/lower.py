@@ -236,12 +236,11 @@ ROLL_MIN_GAIN = 4
 ROLL_STACK_DOUBLES = 8_192
 
 
-def rolled_plan(graph: Graph, outputs: Sequence[Node], batch: bool = False):
+def rolled_plan(graph: Graph, outputs: Sequence[Node]):
     """A ``roll.Plan`` for ``outputs`` when rolling makes the code at least
-    ``ROLL_MIN_GAIN`` times smaller, else None (straight-line code is faster then).
-    ``batch``: for the kernel over several points at once (see ``roll.plan``)."""
+    ``ROLL_MIN_GAIN`` times smaller, else None (straight-line code is faster then)."""
     from .roll import plan
-    found = plan(graph, outputs, batch)
+    found = plan(graph, outputs)
     if found.body_size() * ROLL_MIN_GAIN <= len(found.schedule):
         return found
     return None

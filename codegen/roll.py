@@ -201,19 +201,12 @@ def _streaks(sig: np.ndarray, p: int) -> np.ndarray:
     return out
 
 
-def plan(graph: Graph, outputs: Sequence[Node], batch: bool = False) -> Plan:
+def plan(graph: Graph, outputs: Sequence[Node]) -> Plan:
     """The best of the loops found in three schedules: creation order, depth-first order
     (``depth_first_schedule``), and the first output depth-first followed by the rest in
     creation order (``value_first_schedule``). Among the plans whose code is at most
     ``LARGER`` times the smallest (code size is what compile time follows), the one with
     the least ``work``.
-
-    ``batch``: for the kernel over four points at once, a fourth schedule too,
-    ``contributions_first_schedule``, which fuses the reverse pass per element. A single
-    call runs it slower than value-first (Lennard-Jones 64: 12.7 against 11.6 us), whose
-    separate elementwise loops LLVM vectorises across iterations; the batch kernel is
-    already vectorised across points and only gains from the fusion (0.157 -> 0.25 M
-    points/s).
 
     Measured (value+grad, single call / batch of 2,000): Rosenbrock n=1000 depth-first
     (2 fused loops, 46 body nodes) 2.1 us against 3.6 us in creation order; Lennard-Jones
@@ -225,11 +218,27 @@ def plan(graph: Graph, outputs: Sequence[Node], batch: bool = False) -> Plan:
     table = _operands(graph, creation)
     orders = [creation, depth_first_schedule(graph, outputs),
               value_first_schedule(graph, outputs, creation)]
-    if batch and getattr(graph, "accumulations", None):
-        orders.append(contributions_first_schedule(graph, outputs, creation))
     plans = [plan_schedule(graph, order, outputs, table) for order in orders]
     smallest = min(p.body_size() for p in plans)
     return min((p for p in plans if p.body_size() <= LARGER * smallest), key=Plan.work)
+
+
+def batch_plan(graph: Graph, outputs: Sequence[Node], single: Plan) -> Plan:
+    """The plan for the kernel over four points at once: ``single`` (the single call's,
+    from ``plan``) or, with less work and code at most ``LARGER`` times as large, the
+    plan of ``contributions_first_schedule``, which fuses the reverse pass per element.
+
+    A single call runs that plan slower than value-first (Lennard-Jones 64: 12.7 against
+    11.6 us), whose separate elementwise loops LLVM vectorises across iterations; the
+    batch kernel is already vectorised across points and gains from the fusion (0.155
+    -> 0.24 M points/s). One schedule more, not ``plan``'s three again: the batch is
+    planned at its first call, and planning costs ~4-8 us per node."""
+    if not getattr(graph, "accumulations", None):
+        return single
+    fused = plan_schedule(graph, contributions_first_schedule(graph, outputs), outputs)
+    if fused.work() < single.work() and fused.body_size() <= LARGER * single.body_size():
+        return fused
+    return single
 
 
 def value_first_schedule(graph: Graph, outputs: Sequence[Node],

@@ -370,8 +370,8 @@ class _Specialization:
             def build_batch():
                 bmodule = jit.new_module(f"{base}_b")
                 if rolled_batch:
-                    # planned anew for four points at once (``roll.plan``'s ``batch``)
-                    bplan = lower.rolled_plan(graph, outputs, batch=True) or plan
+                    from symad.codegen.roll import batch_plan
+                    bplan = batch_plan(graph, outputs, plan)    # for four points at once
                     vector = lower.emit_rolled(bmodule, bplan, outputs, f"{base}_kernel4",
                                                flags, width=4, vector_math=use_vector_math)
                     buffer = lower.rolled_buffer_doubles(bplan, 4)

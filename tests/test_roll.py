@@ -182,7 +182,8 @@ def test_rolled_batch_is_planned_apart_and_matches_single_calls(monkeypatch):
     native = f._latest().native
     assert native.batch_buffer > 0          # the rolled kernel's value buffer
     g, outs = f.grad_graph, f._latest().outputs
-    single, batch = roll.plan(g, outs), roll.plan(g, outs, batch=True)
+    single = roll.plan(g, outs)
+    batch = roll.batch_plan(g, outs, single)
     assert batch.work() < single.work()     # the fused reverse pass won for the batch
     for i in range(len(xs)):
         v, gi = f(xs[i])
