@@ -465,15 +465,14 @@ class _Rolled:
         hoisted: dict = {}
         carried: dict = {}         # body element -> its value before the first iteration
         tables: dict = {}
-        shared: dict = {}          # index tables equal up to a constant share one global
+        shared: dict = {}          # tables equal (index tables: up to a constant) share one
         for r, row in enumerate(seg.operands):
             for k, op in enumerate(row):
                 table = op.slot_table if op.kind == NODE else op.table
-                if table is not None and table.dtype.kind == "f":
-                    tables[r, k] = (*_table(self.module, table, f"t{seg.start}.{r}.{k}"), 0)
-                elif table is not None:
-                    first = int(table[0])
-                    key = (table - first).tobytes()
+                if table is not None:
+                    index_table = table.dtype.kind != "f"
+                    first = int(table[0]) if index_table else 0
+                    key = (index_table, (table - first).tobytes())
                     if key not in shared:
                         shared[key] = (*_table(self.module, table, f"t{seg.start}.{r}.{k}"),
                                        first)

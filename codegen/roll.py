@@ -546,9 +546,12 @@ def _uneven(kind, ref, s, p, trips, even_enough, max_period) -> tuple:
     return p, trips, s
 
 
-def _carried(loop: Loop) -> int:
-    return sum(op.kind == NODE and operand_home(loop, r, op) == "carried"
-               for r, row in enumerate(loop.operands) for op in row)
+def _carried(loop: Loop) -> list:
+    """(r, q) for each operand of body element ``r`` that is element ``q`` of the
+    previous iteration."""
+    return [(r, op.a - (loop.start - loop.period))
+            for r, row in enumerate(loop.operands) for op in row
+            if op.kind == NODE and operand_home(loop, r, op) == "carried"]
 
 
 def _rotated(graph, kind, ref, loop: Loop) -> Loop:
@@ -561,16 +564,14 @@ def _rotated(graph, kind, ref, loop: Loop) -> Loop:
     itself (``q == r``) and stays carried however the loop is cut; such a loop stays as
     it is, which also keeps a sum's terms a step ahead of their addition (Rosenbrock
     n=1000 rotated anyway: 1.8 -> 2.4 us)."""
-    pairs = [(r, op.a - (loop.start - loop.period))
-             for r, row in enumerate(loop.operands) for op in row
-             if op.kind == NODE and operand_home(loop, r, op) == "carried"]
+    pairs = _carried(loop)
     if not pairs or loop.trips <= MIN_TRIPS:
         return loop
     t = max(r for r, _ in pairs) + 1
     if t > min(q for _, q in pairs):
         return loop
     cand = _loop(graph, kind, ref, loop.start + t, loop.period, loop.trips - 1)
-    return cand if _carried(cand) == 0 else loop
+    return loop if _carried(cand) else cand
 
 
 def _loop(graph, kind, ref, s, p, trips) -> Loop:

@@ -364,11 +364,10 @@ class _Specialization:
             seconds.update(mod.seconds)
             name = owner.__name__
 
-            use_vector_math = ("afn" in flags or "fast" in flags) and \
-                jit.vector_math_available(lower.vector_symbols(graph, outputs))
-
             def build_batch():
                 bmodule = jit.new_module(f"{base}_b")
+                use_vector_math = ("afn" in flags or "fast" in flags) and \
+                    jit.vector_math_available(lower.vector_symbols(graph, outputs))
                 if rolled_batch:
                     from symad.codegen.roll import batch_plan
                     bplan = batch_plan(graph, outputs, plan)    # for four points at once
