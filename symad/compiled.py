@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import functools
+import gc
 import hashlib
 import numbers
 import os
@@ -247,7 +248,16 @@ class _Specialization:
         self._graph = None
         self._local = threading.local()
         self.fast = None
-        self._build(owner, args)
+        # Tracing and AD allocate a node object per value, linked both ways to their
+        # graph: the collector's full passes over them cost 10-20% of a build (measured:
+        # Rosenbrock 1000 0.245 -> 0.205 s) and find nothing to free while it runs.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._build(owner, args)
+        finally:
+            if enabled:
+                gc.enable()
 
     # ---- staging: trace, AD, lower, JIT ----------------------------------------------
     def _build(self, owner: CompiledFunction, args: tuple) -> None:
@@ -315,11 +325,9 @@ class _Specialization:
             spec = None
         live = self.n_nodes = len(graph.live(outputs))
         levels = jit.choose_levels(live, owner._opt_level)
-        text = graph.to_text(outputs)
-        body = text.split("\n", 1)[1] if "\n" in text else text   # without the name
         leaf_sizes = (tuple(self.sizes), tuple(_size(s) for s in self.out_leaf_shapes))
-        key = hashlib.sha256(repr((body, len(graph.inputs), flags, levels, spec, leaf_sizes)
-                                  ).encode()).hexdigest()
+        key = hashlib.sha256(repr((graph.fingerprint(outputs), len(graph.inputs), flags,
+                                   levels, spec, leaf_sizes)).encode()).hexdigest()
         with _CACHE_LOCK:
             native = _CACHE.get(key)
         cached = native is not None

@@ -8,6 +8,9 @@ pass here is a loop over ``graph.nodes`` and nothing recurses on graph depth.
 
 from __future__ import annotations
 
+import hashlib
+import operator
+import pickle
 import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -63,6 +66,11 @@ def _rhs(node: Node) -> str:
     parts = [node.op, *(f"%{a.id}" for a in node.args)]
     parts += [repr(a) for a in node.attrs]
     return " ".join(parts)
+
+
+# Python's float +, -, * and unary - are the IEEE double operations and never raise.
+_PY_ARITHMETIC = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+                  "neg": operator.neg}
 
 
 def _const_key(value: float) -> tuple:
@@ -184,6 +192,9 @@ class Graph:
         return self._intern((op, args, attrs), op, args, attrs)
 
     def _fold(self, spec, args: tuple, attrs: tuple) -> Node:
+        exact = _PY_ARITHMETIC.get(spec.name)
+        if exact is not None:     # the same IEEE operation, without numpy's scalar costs
+            return self.const(exact(*(a.attrs[0] for a in args)))
         with np.errstate(all="ignore"):
             value = spec.numpy(*(np.float64(a.attrs[0]) for a in args), *attrs)
         return self.const(value)
@@ -214,6 +225,18 @@ class Graph:
             return Counter(n.op for n in self.nodes)
         nodes = self.live(outputs)
         return Counter(n.op for n in nodes)
+
+    def fingerprint(self, outputs: Sequence[Node]) -> str:
+        """A digest of how ``outputs`` are computed: equal for equal live graphs.
+
+        Built from (op, operand ids, attributes) per live node; input names are left out,
+        so functions that differ only in argument names share compiled code.
+        """
+        rows = [(n.op, *[a.id for a in n.args], *n.attrs) if n.op != "input" else ("input",)
+                for n in self.live(outputs)]
+        rows.append(tuple(o.id for o in outputs))
+        # pickle, not repr: exact for floats (-0.0, NaN payloads) and ~3x faster.
+        return hashlib.sha256(pickle.dumps(rows, protocol=5)).hexdigest()
 
     def __len__(self) -> int:
         return len(self.nodes)
