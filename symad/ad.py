@@ -26,10 +26,23 @@ def _as_node(graph: Graph, value) -> Node:
     return graph.const(value)
 
 
+# Ops whose partials are plain numbers whatever the operands (add, sub, neg): found on
+# first use, so the reverse pass builds no tracers for them afterwards.
+_CONSTANT_PARTIALS: dict[str, tuple] = {}
+
+
 def _partials(graph: Graph, node: Node):
     spec = OPS[node.op]
+    parts = _CONSTANT_PARTIALS.get(node.op)
+    if parts is not None:
+        return spec, parts
     args = [Tracer(a) for a in node.args]
-    return spec, spec.partials(*args, Tracer(node), *node.attrs)
+    parts = spec.partials(*args, Tracer(node), *node.attrs)
+    # A partial rule sees only tracers and the op's attributes: numbers it returns for an
+    # op without attributes are constants of the rule itself.
+    if not node.attrs and all(p is None or type(p) is float for p in parts):
+        _CONSTANT_PARTIALS[node.op] = parts
+    return spec, parts
 
 
 def _depends(graph: Graph, wrt: Sequence[Node], lo: int, hi: int) -> bytearray:
@@ -95,7 +108,11 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
             for a, p in zip(n.args, parts):
                 if p is None or not dep[a.id]:
                     continue
-                contrib, is_masked = _scale(node, spec, _as_node(graph, p), bar, n in masked)
+                if type(p) is float and p == 1.0 and not spec.selects:   # bar * 1 is bar
+                    contrib, is_masked = bar, n in masked
+                else:
+                    contrib, is_masked = _scale(node, spec, _as_node(graph, p), bar,
+                                                n in masked)
                 if is_masked:
                     masked.add(a)
                 prev = bars.get(a)
