@@ -91,7 +91,7 @@ def dask_batch(compiled, leaves: list, treedef, paths: list):
             return flat[:, start]
         return flat[:, start:start + size].reshape((n,) + shape)
 
-    if spec.grad_graph is None:
+    if not spec.is_grad:
         pos, out = 0, []
         for s in spec.out_shapes:
             out.append(out_leaf(pos, s))

@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from . import arrays
 from .errors import ConcretizationError, LeakedTracerError, TracingError, UnsupportedOpError
 from .graph import Graph, Node
 from .ops import OPS
@@ -157,6 +158,8 @@ def apply(op: str, args: tuple, attrs: tuple = ()):
                     f"{g.name!r}). A traced value escaped the function that created it "
                     "(a global or a closure); pass it in as an argument instead.")
     if graph is None:
+        if any(arrays.is_operand(a) for a in args):   # an array-level reverse pass
+            return arrays.apply(op, args, attrs)
         vals = [_as_float(a, op, i) for i, a in enumerate(args)]
         with np.errstate(all="ignore"):
             return float(OPS[op].numpy(*vals, *attrs))

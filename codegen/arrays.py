@@ -1,0 +1,476 @@
+"""Array graph -> LLVM IR: loops over whole-array nodes (see :mod:`symad.arrays`).
+
+Two kinds of loop. A *pointwise* loop computes elementwise nodes, gathers, and sums whose
+segments are all distinct (a store each) over one size, every value of an element in
+registers: LLVM vectorises it. A *reduction* loop runs the other sums (into one value, or
+added into a buffer at their segments) over their operands, read back from buffers: their
+additions are sequential (numpy's order), so they are kept out of the vectorised loops.
+Nodes join the first loop of their kind and size at or after the loops their operands
+need, in creation order. A node read at other positions (a gather's source), after a sum
+finished, by a reduction or in a later loop is stored in a buffer of its own; size-1
+values are registers, computed in straight-line code between loops.
+
+Lennard-Jones 64 (energy and gradient) becomes a pointwise loop over the 2,016 pairs, a
+reduction loop adding each pair's energy and forces into the totals, and a loop adding
+the six force buffers into the gradient.
+
+The kernel has the scalar kernels' signature (``lower.py``) and is called with unit
+strides only: by the Python entry and ``CompiledFunction`` calls (batches use the scalar
+graph's kernels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from llvmlite import ir
+
+from symad.arrays import AGraph, ANode
+
+from .lower import DOUBLE, I64, PTR, ROLL_STACK_DOUBLES, _kernel_fn, _table, lower_node
+
+I32 = ir.IntType(32)
+
+
+class _Group:
+    __slots__ = ("kind", "domain", "nodes")
+
+    def __init__(self, kind: str, domain: int):
+        self.kind, self.domain = kind, domain
+        self.nodes: list[ANode] = []
+
+
+def _reduces(n: ANode) -> bool:
+    """A sum that adds (into one value, or several elements into one segment)."""
+    return n.op == "sum" and (n.size == 1 or n.attrs[0].runs() != "distinct")
+
+
+def _view_of(n: ANode) -> ANode | None:
+    """For a sum that puts its operand's elements at consecutive distinct positions
+    (the adjoint of a slice ``x[a:b]``), that operand: its buffer is then the sum's,
+    from the first position on, and the sum costs nothing but -0.0 around it."""
+    if n.op != "sum" or n.size == 1:
+        return None
+    x, table = n.args[0], n.attrs[0]
+    if x.args and x.op != "sum" and x.size > 1 and table.affine is not None and \
+            table.affine[1] == 1:
+        return x
+    return None
+
+
+# Ops cheap enough to recompute inside a reduction loop, whose sequential additions leave
+# the core idle most of each step (an addition every 4 cycles, room for ~16 instructions).
+# A loop of sums has REDUCTION_BUDGET of them less 3 per sum it runs: Rosenbrock 1000
+# computes its terms in the loop that adds them (1.90 instead of 2.02 us), as a
+# hand-written loop would; Lennard-Jones's seven sums per pair leave no room (its loop
+# would recompute the forces: 11.6 -> 14.6 us).
+_CHEAP = frozenset(("add", "sub", "mul", "neg", "powi", "abs", "mul0", "where", "maximum",
+                    "minimum", "lt", "le", "gt", "ge", "eq", "ne", "sign", "floor"))
+REDUCTION_BUDGET = 15
+
+
+def _cone(n: ANode, limit: int) -> tuple[list, list]:
+    """(the nodes a reduction loop computes for sum ``n``'s operand, in creation order;
+    the nodes it reads them from)."""
+    cone: dict[int, ANode] = {}
+    frontier: dict[int, ANode] = {}
+    stack = [n.args[0]]
+    while stack:
+        a = stack.pop()
+        if a.id in cone or a.id in frontier or not a.args:
+            continue
+        if a.size == 1 or a.op == "sum" or len(cone) >= limit or \
+                (a.op not in _CHEAP and a.op != "gather"):
+            frontier[a.id] = a
+            continue
+        cone[a.id] = a
+        if a.op == "gather":
+            src = a.args[0]
+            if src.args:
+                frontier[src.id] = src
+        else:
+            stack.extend(a.args)
+    return sorted(cone.values(), key=lambda x: x.id), list(frontier.values())
+
+
+def plan(graph: AGraph, outputs: Sequence[ANode]):
+    """(loops in order, ids of the nodes stored in buffers, {view sum id: operand},
+    {reduction id: the nodes its loop recomputes})."""
+    groups: list[_Group] = []
+    group_of: dict[int, int] = {}
+    stored: set[int] = set()
+    views: dict[int, ANode] = {}
+    viewed: set[int] = set()
+    cones: dict[int, list] = {}
+    reads: dict[int, list] = {}
+    live = graph.live(outputs)
+    budget: dict[int, int] = {}
+    for n in live:
+        if _reduces(n):
+            d = n.args[0].size
+            budget[d] = budget.get(d, REDUCTION_BUDGET) - 3
+    for n in live:
+        if _reduces(n):
+            d = n.args[0].size
+            cones[n.id], reads[n.id] = _cone(n, max(budget[d], 0))
+            budget[d] -= len(cones[n.id])
+    needed: set[int] = set()
+    stack = list(outputs)
+    while stack:                    # what is computed in loops of its own
+        n = stack.pop()
+        if n.id in needed:
+            continue
+        needed.add(n.id)
+        stack.extend(reads[n.id] if n.id in reads else n.args)
+    for n in live:
+        if not n.args or n.id not in needed:
+            continue
+        x = _view_of(n)
+        if x is not None and x.id not in viewed:
+            views[n.id] = x
+            viewed.add(x.id)
+            group_of[n.id] = group_of[x.id]
+            stored.update((n.id, x.id))
+            continue
+        kind = "reduce" if _reduces(n) else "point"
+        dom = n.args[0].size if kind == "reduce" else n.size
+        need, same = 0, []
+        for a in (reads[n.id] if kind == "reduce" else n.args):
+            if not a.args:
+                continue                    # inputs and constants are read in place
+            ga = group_of[a.id]
+            if a.size == 1 and a.op != "sum" and kind == "point" and dom == 1:
+                need = max(need, ga)        # a register of the same straight code
+            elif a.size == 1:
+                need = max(need, ga + 1)    # a register, after a's loop
+            elif kind == "point" and n.op not in ("gather", "sum") and a.op != "sum":
+                need = max(need, ga)        # the same element: a register in a's loop
+                same.append(a)
+            else:
+                need = max(need, ga + 1)
+                stored.add(a.id)
+        g = next((j for j in range(need, len(groups))
+                  if groups[j].domain == dom and groups[j].kind == kind), None)
+        if g is None:
+            groups.append(_Group(kind, dom))
+            g = len(groups) - 1
+        groups[g].nodes.append(n)
+        group_of[n.id] = g
+        for a in same:
+            if group_of[a.id] != g:
+                stored.add(a.id)
+        if kind == "reduce" and n.size > 1:
+            stored.add(n.id)
+    for o in outputs:
+        if o.args and o.size > 1:
+            stored.add(o.id)
+    return groups, stored, views, cones
+
+
+class _Emitter:
+    def __init__(self, module, graph, outputs, name, flags):
+        self.module, self.graph, self.flags = module, graph, flags
+        self.outputs, self.name = outputs, name
+        self.scalars: dict[int, ir.Value] = {}     # size-1 values in registers
+        self.buffer: dict[int, ir.Value] = {}      # stored node id -> its buffer
+        self.tables: dict[tuple, tuple] = {}
+        self.b: ir.IRBuilder
+        self.fn: ir.Function
+
+    # -- reading values --------------------------------------------------------------
+    def table(self, key: bytes, values, kind: str):
+        hit = self.tables.get((kind, key))
+        if hit is None:
+            hit = _table(self.module, values, f"{self.name}.{kind}{len(self.tables)}")
+            self.tables[(kind, key)] = hit
+        return hit
+
+    def load(self, base, index: ir.Value, ty=DOUBLE) -> ir.Value:
+        return self.b.load(self.b.gep(base, [index], source_etype=ty), typ=ty)
+
+    def position(self, table, k: ir.Value) -> ir.Value:
+        """Element ``k`` of an index table (arithmetic when the table is affine)."""
+        b = self.b
+        if table.affine is not None:
+            start, step = table.affine
+            v = b.mul(k, ir.Constant(I64, step)) if step != 1 else k
+            return b.add(v, ir.Constant(I64, start)) if start else v
+        # Tables equal up to a constant (x[3i], x[3i+1], x[3i+2]) share one global, and
+        # LLVM one load per element.
+        first = int(table.index[0])
+        rel = table.index - first
+        g, _ = self.table(rel.tobytes(), rel, "idx")
+        v = b.sext(self.load(g, k, I32), I64)
+        return b.add(v, ir.Constant(I64, first)) if first else v
+
+    def at(self, a: ANode, idx: ir.Value) -> ir.Value:
+        """Node ``a``'s element ``idx`` (an input, a constant, a register or stored)."""
+        b = self.b
+        if a.op == "input":
+            off = a.attrs[0]
+            return self.load(self.in_ptr, b.add(idx, ir.Constant(I64, off)) if off else idx)
+        if a.op == "const":
+            values = a.attrs[0]
+            if values.uniform is not None:
+                return ir.Constant(DOUBLE, values.uniform)
+            g, _ = self.table(values.key, values.array, "const")
+            return self.load(g, idx)
+        if a.id in self.scalars:
+            return self.scalars[a.id]
+        return self.load(self.buffer[a.id], idx)
+
+    def store(self, n: ANode, idx: ir.Value, v: ir.Value) -> None:
+        self.b.store(v, self.b.gep(self.buffer[n.id], [idx], source_etype=DOUBLE))
+
+    # -- emitting ----------------------------------------------------------------------
+    def emit(self) -> ir.Function:
+        groups, stored, views, self.cones = plan(self.graph, self.outputs)
+        viewed = {x.id for x in views.values()}
+        # Stored outputs are stored where they are returned (a second output of the same
+        # node is copied).
+        direct: dict[int, int] = {}
+        pos = 0
+        for o in self.outputs:
+            if o.id in stored and o.id not in direct and o.id not in viewed:
+                direct[o.id] = pos
+            pos += o.size
+        live = [n for n in self.graph.live(self.outputs)
+                if n.id in stored and n.id not in direct and n.id not in viewed]
+        # The loops run in a function of their own whose buffers are ``noalias``
+        # arguments: LLVM then knows that no store into one buffer changes another.
+        fnty = ir.FunctionType(ir.VoidType(), [PTR] * (2 + len(live)))
+        inner = ir.Function(self.module, fnty, name=f"{self.name}.loops")
+        inner.linkage = "internal"
+        inner.attributes.add("alwaysinline")
+        inner.attributes.add("nounwind")
+        for arg in inner.args:
+            arg.add_attribute("noalias")
+        self.fn = inner
+        self.b = b = ir.IRBuilder(inner.append_basic_block("entry"))
+        self.in_ptr, self.out_ptr = inner.args[:2]
+        for n, arg in zip(live, inner.args[2:]):
+            self.buffer[n.id] = arg
+        for node_id, at in direct.items():
+            self.buffer[node_id] = b.gep(self.out_ptr, [ir.Constant(I64, at)],
+                                         source_etype=DOUBLE)
+        minus_zero = ir.Constant(DOUBLE, -0.0)
+        for view_id, x in views.items():
+            view = self.graph.nodes[view_id]
+            start = view.attrs[0].affine[0]
+            base = self.buffer[view_id]
+            self.buffer[x.id] = b.gep(base, [ir.Constant(I64, start)], source_etype=DOUBLE)
+            for j in (*range(start), *range(start + x.size, view.size)):
+                b.store(minus_zero, b.gep(base, [ir.Constant(I64, j)], source_etype=DOUBLE))
+        for group in groups:
+            self.group(group)
+        pos = 0
+        for o in self.outputs:
+            if direct.get(o.id) == pos:
+                pos += o.size
+                continue
+
+            def copy(k, o=o, pos=pos):
+                at = b.add(k, ir.Constant(I64, pos)) if pos else k
+                b.store(self.at(o, k), b.gep(self.out_ptr, [at], source_etype=DOUBLE))
+            if o.size == 1:
+                copy(ir.Constant(I64, 0))
+            else:
+                self.loop(o.size, copy)
+            pos += o.size
+        b.ret_void()
+        return self.outer(inner, live)
+
+    def outer(self, inner: ir.Function, live: list) -> ir.Function:
+        """The kernel: scratch for the buffers (stack, or heap when large), then the loops."""
+        fn = _kernel_fn(self.module, self.name)
+        in_ptr, _, out_ptr, _ = fn.args[:4]
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        total = sum(n.size for n in live)
+        heap = total > ROLL_STACK_DOUBLES
+        buf = None
+        if heap:
+            malloc = self.module.globals.get("malloc") or ir.Function(
+                self.module, ir.FunctionType(PTR, [I64]), name="malloc")
+            buf = b.call(malloc, [ir.Constant(I64, 8 * total)], name="buf")
+            ok = b.icmp_unsigned("!=", buf, ir.Constant(PTR, None))
+            run, fail = fn.append_basic_block("run"), fn.append_basic_block("nomem")
+            b.cbranch(ok, run, fail)
+            b.position_at_end(fail)          # out of memory: every output NaN, no crash
+            n_out = sum(o.size for o in self.outputs)
+            for k in range(n_out) if n_out <= 64 else ():
+                b.store(ir.Constant(DOUBLE, float("nan")),
+                        b.gep(out_ptr, [ir.Constant(I64, k)], source_etype=DOUBLE))
+            if n_out > 64:
+                memset = self.module.globals.get("memset") or ir.Function(
+                    self.module, ir.FunctionType(PTR, [PTR, I32, I64]), name="memset")
+                b.call(memset, [out_ptr, ir.Constant(I32, 0xFF), ir.Constant(I64, 8 * n_out)])
+            b.ret_void()
+            b.position_at_end(run)
+        elif total:
+            buf = b.alloca(DOUBLE, ir.Constant(I64, total), name="buf")
+        pointers, off = [], 0
+        for n in live:
+            pointers.append(b.gep(buf, [ir.Constant(I64, off)], source_etype=DOUBLE))
+            off += n.size
+        b.call(inner, [in_ptr, out_ptr, *pointers])
+        if heap:
+            free = self.module.globals.get("free") or ir.Function(
+                self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
+            b.call(free, [buf])
+        b.ret_void()
+        return fn
+
+    def loop(self, stop, body, carried: Sequence[ir.Value] = (), start=None) -> list:
+        """``for k in range(start, stop): carried = body(k, *carried)`` (at least one
+        iteration; bounds ints or i64 values); the carried values after the last."""
+        b, fn = self.b, self.fn
+        start = ir.Constant(I64, 0) if start is None else start
+        stop = ir.Constant(I64, stop) if isinstance(stop, int) else stop
+        pre = b.block
+        head = fn.append_basic_block("loop")
+        done = fn.append_basic_block("loop.end")
+        b.branch(head)
+        b.position_at_end(head)
+        k = b.phi(I64, name="k")
+        k.add_incoming(start, pre)
+        phis = []
+        for v in carried:
+            p = b.phi(v.type)
+            p.add_incoming(v, pre)
+            phis.append(p)
+        new = body(k, *phis) if phis else (body(k), ())[1]
+        nxt = b.add(k, ir.Constant(I64, 1))
+        k.add_incoming(nxt, b.block)
+        for p, v in zip(phis, new):
+            p.add_incoming(v, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, stop), head, done)
+        b.position_at_end(done)
+        return list(new)            # the exit's only predecessor is the latch
+
+    def group(self, group: _Group) -> None:
+        if group.kind == "reduce":
+            return self.reduction(group)
+        b = self.b
+
+        def body(k):
+            vals: dict[int, ir.Value] = {}
+
+            def get(a):
+                v = vals.get(a.id)
+                return v if v is not None else self.at(a, k)
+            for n in group.nodes:
+                if n.op == "gather":
+                    src = n.args[0]
+                    v = self.at(src, self.position(n.attrs[0], k)) if src.size > 1 \
+                        else self.at(src, ir.Constant(I64, 0))
+                elif n.op == "sum":             # distinct segments: -0.0 + x == x
+                    v = self.scattered(n, k)
+                else:
+                    v = lower_node(b, self.module, n, [get(a) for a in n.args], self.flags)
+                vals[n.id] = v
+                if n.id in self.buffer:
+                    self.store(n, k, v)
+            if group.domain == 1:
+                self.scalars.update(vals)
+
+        if group.domain == 1:
+            body(ir.Constant(I64, 0))
+        else:
+            self.loop(group.domain, body)
+
+    def scattered(self, n: ANode, j: ir.Value) -> ir.Value:
+        """Element ``j`` of a sum whose segments are distinct: the one operand element
+        that lands there, or -0.0 (the empty sum) where none does."""
+        b = self.b
+        table, x = n.attrs[0], n.args[0]
+        zero = ir.Constant(I64, 0)
+        if table.affine is not None and table.affine[1] == 1:
+            start, count = table.affine[0], len(table.index)
+            k = b.sub(j, ir.Constant(I64, start)) if start else j
+            inside = b.icmp_unsigned("<", k, ir.Constant(I64, count))
+        else:
+            inverse = np.full(n.size, -1, np.int64)
+            inverse[table.index] = np.arange(len(table.index))
+            g, _ = self.table(inverse.tobytes(), inverse, "inv")
+            k = b.sext(self.load(g, j, I32), I64)
+            inside = b.icmp_signed(">=", k, zero)
+        k = b.select(inside, k, zero)            # in bounds whatever the select picks
+        return b.select(inside, self.at(x, k), ir.Constant(DOUBLE, -0.0))
+
+    def reduction(self, group: _Group) -> None:
+        """Sums in numpy's order: into one value, a register; into segments that come in
+        runs of consecutive elements (a pair's first particle), a loop per run adding in
+        a register and storing its total; into other segments, added in their buffer."""
+        b = self.b
+        minus_zero = ir.Constant(DOUBLE, -0.0)
+        nodes = group.nodes
+        singles = [n for n in nodes if n.size == 1]
+        runs = [n for n in nodes if n.size > 1 and n.attrs[0].runs() == "runs"]
+        starts = _run_starts(runs[0].attrs[0].index) if runs else None
+        # several run sums share the loop over runs only where their runs coincide
+        runs = [n for n in runs if np.array_equal(_run_starts(n.attrs[0].index), starts)]
+        for n in nodes:
+            if n.size > 1:
+                self.loop(n.size, lambda k, n=n: self.store(n, k, minus_zero))
+
+        def element(k, singles_acc, runs_acc):
+            vals: dict[int, ir.Value] = {}
+            acc = dict(zip((n.id for n in singles + runs), (*singles_acc, *runs_acc)))
+
+            def get(a):
+                v = vals.get(a.id)
+                return v if v is not None else self.at(a, k)
+            for n in nodes:
+                for c in self.cones[n.id]:      # the operand, recomputed here
+                    if c.id not in vals:
+                        vals[c.id] = self.at(c.args[0], self.position(c.attrs[0], k)) \
+                            if c.op == "gather" else \
+                            lower_node(b, self.module, c, [get(a) for a in c.args],
+                                       self.flags)
+                x = get(n.args[0])
+                if n.id in acc:
+                    acc[n.id] = b.fadd(acc[n.id], x, flags=self.flags)
+                    continue
+                p = b.gep(self.buffer[n.id], [self.position(n.attrs[0], k)],
+                          source_etype=DOUBLE)
+                b.store(b.fadd(b.load(p, typ=DOUBLE), x, flags=self.flags), p)
+            return [acc[n.id] for n in singles], [acc[n.id] for n in runs]
+
+        n_single = len(singles)
+        start = [minus_zero] * n_single
+        if group.domain == 1:
+            finals = element(ir.Constant(I64, 0), start, [])[0]
+        elif not runs:
+            finals = self.loop(group.domain, lambda k, *acc: element(k, acc, [])[0], start)
+        else:
+            g, _ = self.table(starts.tobytes(), starts, "runs")
+
+            def run(r, *singles_acc):
+                lo = b.sext(self.load(g, r, I32), I64)
+                hi = b.sext(self.load(g, b.add(r, ir.Constant(I64, 1)), I32), I64)
+
+                def step(k, *acc):
+                    one, many = element(k, acc[:n_single], acc[n_single:])
+                    return one + many
+                out = self.loop(hi, step, list(singles_acc) + [minus_zero] * len(runs), lo)
+                for n, total in zip(runs, out[n_single:]):
+                    b.store(total, b.gep(self.buffer[n.id], [self.position(n.attrs[0], lo)],
+                                         source_etype=DOUBLE))
+                return out[:n_single]
+            finals = self.loop(len(starts) - 1, run, start)
+        for n, v in zip(singles, finals):
+            self.scalars[n.id] = v
+
+
+def _run_starts(index: np.ndarray) -> np.ndarray:
+    """Where each run of equal values starts, and the end: ``[0, ..., len(index)]``."""
+    cut = np.flatnonzero(index[1:] != index[:-1]) + 1
+    return np.concatenate(([0], cut, [len(index)]))
+
+
+def emit_kernel(module: ir.Module, graph: AGraph, outputs: Sequence[ANode], name: str,
+                flags: tuple = ()) -> ir.Function:
+    """``void name(const double* in, i64 1, double* out, i64 1)`` for ``outputs``, each
+    written in turn to ``out`` (all its elements)."""
+    return _Emitter(module, graph, outputs, name, flags).emit()
