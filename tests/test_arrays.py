@@ -8,6 +8,8 @@ import pickle
 
 import numpy as np
 import pytest
+from fuzz import random_program, run_program
+from programs import lennard_jones, rosen
 from symad.codegen import arrays as array_lower
 
 import symad
@@ -20,20 +22,6 @@ def always_arrays(monkeypatch):
     monkeypatch.setattr(compiled, "ARRAY_MIN_ELEMENTS", 0)
     monkeypatch.setattr(compiled, "ARRAY_MIN_LENGTH", 0)
     compiled._CACHE.clear()
-
-
-def rosen(x):
-    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
-
-
-def lennard_jones(x):
-    n = x.shape[0] // 3
-    p = x.reshape(n, 3)
-    i, j = np.triu_indices(n, 1)
-    d = p[i] - p[j]
-    r2 = np.sum(d * d, axis=-1)
-    s6 = 1.0 / (r2 * r2 * r2)
-    return np.sum(4.0 * (s6 * s6 - s6))
 
 
 W = np.linspace(-1.0, 1.0, 12).reshape(3, 4)
@@ -270,10 +258,6 @@ def _apply_elementwise(op, args, attrs):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_random_array_programs_match_the_scalar_graph(seed, always_arrays):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fuzz import random_program, run_program
     rng = np.random.default_rng(seed)
     steps = random_program(rng, 3, int(rng.integers(1, 9)))
 

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from programs import lennard_jones, rosen
 from symad.codegen import lower, roll
 
 import symad
@@ -18,20 +19,6 @@ from symad import compiled, interp
 def scalar_graphs(monkeypatch):
     # Loops of the scalar graph: keep array programs off the array-level path here.
     monkeypatch.setattr(compiled, "ARRAY_MIN_ELEMENTS", 10**12)
-
-
-def rosen(x):
-    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
-
-
-def lennard_jones(x):
-    n = x.shape[0] // 3
-    p = x.reshape(n, 3)
-    i, j = np.triu_indices(n, 1)
-    d = p[i] - p[j]
-    r2 = np.sum(d * d, axis=-1)
-    s6 = 1.0 / (r2 * r2 * r2)
-    return np.sum(4.0 * (s6 * s6 - s6))
 
 
 def mixed(x):
