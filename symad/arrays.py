@@ -432,6 +432,8 @@ def _lift(graph: AGraph, v) -> AArray:
         return v
     if isinstance(v, (bool, np.bool_, numbers.Real)) and not isinstance(v, np.ndarray):
         return AArray(graph, graph.scalar(float(v)), ())
+    if isinstance(v, (list, tuple)) and not any(isinstance(e, AArray) for e in v):
+        v = np.asarray(v)
     if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
         return AArray(graph, graph.const(v.astype(np.float64).reshape(-1)), v.shape)
     raise Unsupported(f"operand of type {type(v).__name__}")
@@ -577,6 +579,93 @@ def _ceil(x):
     return -_elementwise("floor", -_lift(_graph_of([x]), x))
 
 
+def _clip(a, a_min=None, a_max=None, **kw):
+    r = a
+    if a_min is not None:
+        r = _elementwise("maximum", r, a_min)
+    if a_max is not None:
+        r = _elementwise("minimum", r, a_max)
+    return r
+
+
+def _var(a, axis=None, ddof=0, keepdims=False, **kw):
+    g = _graph_of([a])
+    a = _lift(g, a)
+    d = a - _mean(a, axis, keepdims=True)
+    count = math.prod(a.shape[ax] for ax in _axes(axis, a.ndim))
+    return _sum(d * d, axis, keepdims) / float(count - ddof)
+
+
+def _norm(x, ord=None, axis=None, keepdims=False):
+    if ord not in (None, 2, "fro") or (ord == 2 and axis is not None and np.ndim(x) > 1):
+        raise Unsupported(f"np.linalg.norm(ord={ord!r})")
+    return _elementwise("sqrt", _sum(x * x, axis, keepdims))
+
+
+def _diff(a, n=1, axis=-1, **kw):
+    if kw:
+        raise Unsupported("np.diff with prepend= or append=")
+    g = _graph_of([a])
+    a = _lift(g, a)
+    for _ in range(n):
+        a = a[_slice_at(a.ndim, axis, slice(1, None))] - a[_slice_at(a.ndim, axis,
+                                                                      slice(None, -1))]
+    return a
+
+
+def _slice_at(ndim: int, axis: int, sl: slice) -> tuple:
+    key = [slice(None)] * ndim
+    key[axis] = sl
+    return tuple(key)
+
+
+def _outer(a, b, out=None):
+    g = _graph_of([a, b])
+    return _lift(g, a).ravel()[:, None] * _lift(g, b).ravel()[None, :]
+
+
+def _inner_product(a, b):
+    g = _graph_of([a, b])
+    return _sum(_lift(g, a).ravel() * _lift(g, b).ravel())
+
+
+def _rearranging(func):
+    """A numpy function that only moves elements of one array (reshape, flip, roll,
+    tile, take ...): applied to the element positions, it gives the gather."""
+    def rearrange(a, *args, **kwargs):
+        if any(isinstance(v, AArray) for v in (*args, *kwargs.values())):
+            raise Unsupported(f"np.{func.__name__} with traced arguments besides the array")
+        return _restructure(_lift(_graph_of([a]), a), lambda p: func(p, *args, **kwargs))
+    return rearrange
+
+
+def _joining(func):
+    """A numpy function that joins arrays (concatenate, stack ...): each part's elements
+    put where they land (a sum over distinct positions: -0.0 elsewhere), then added: x +
+    -0.0 == x exactly, so every element is its part's, bit for bit."""
+    def join(parts, *args, **kwargs):
+        parts = list(parts)
+        g = _graph_of(parts)
+        arrays_ = [_lift(g, v) for v in parts]
+        bases = np.cumsum([0] + [a.size for a in arrays_])
+        pos = np.asarray(func([bases[i] + np.arange(a.size).reshape(a.shape)
+                               for i, a in enumerate(arrays_)], *args, **kwargs))
+        flat = pos.reshape(-1)
+        total = None
+        for i, a in enumerate(arrays_):
+            mine = np.flatnonzero((flat >= bases[i]) & (flat < bases[i + 1]))
+            if not len(mine):
+                continue
+            where_to = np.empty(a.size, np.int64)
+            where_to[flat[mine] - bases[i]] = mine
+            part = g.segment_sum(a.node, where_to, flat.size)
+            total = part if total is None else g.node("add", (total, part))
+        if total is None:
+            raise Unsupported("an empty join")
+        return AArray(g, total, pos.shape)
+    return join
+
+
 _UFUNCS = {
     "add": _binary("add"), "subtract": _binary("sub"), "multiply": _binary("mul"),
     "true_divide": _binary("div"), "divide": _binary("div"), "negative": _unary("neg"),
@@ -594,14 +683,23 @@ _UFUNCS = {
     "less": _binary("lt"), "less_equal": _binary("le"), "greater": _binary("gt"),
     "greater_equal": _binary("ge"), "equal": _binary("eq"), "not_equal": _binary("ne"),
     "erf": _unary("erf"), "matmul": _matmul,
+    "exp2": lambda x: _power(2.0, x), "log2": lambda x: _unary("log")(x) / math.log(2.0),
+    "log10": lambda x: _unary("log")(x) / math.log(10.0),
+    "hypot": lambda x, y: _unary("sqrt")(x * x + y * y), "conjugate": lambda x: x,
 }
 
 _FUNCTIONS = {
-    "sum": _sum, "mean": _mean, "dot": _dot, "matmul": _matmul, "where": _where,
-    "reshape": _reshape, "transpose": lambda a, axes=None: _lift(
-        _graph_of([a]), a).transpose(*(axes or ())),
-    "ravel": lambda a, order="C": _lift(_graph_of([a]), a).reshape(-1, order=order),
+    "sum": _sum, "mean": _mean, "average": _mean, "var": _var,
+    "std": lambda *a, **k: _unary("sqrt")(_var(*a, **k)), "dot": _dot, "matmul": _matmul,
+    "where": _where, "clip": _clip, "norm": _norm, "diff": _diff, "outer": _outer,
+    "inner": _inner_product, "vdot": _inner_product, "reshape": _reshape,
     "shape": lambda a: a.shape, "ndim": lambda a: len(a.shape), "size": lambda a: a.size,
+    **{f.__name__: _rearranging(f) for f in (
+        np.ravel, np.transpose, np.swapaxes, np.moveaxis, np.squeeze, np.expand_dims,
+        np.atleast_1d, np.atleast_2d, np.broadcast_to, np.tile, np.repeat, np.flip,
+        np.fliplr, np.flipud, np.roll, np.take, np.diagonal, np.copy)},
+    **{f.__name__: _joining(f) for f in (
+        np.concatenate, np.stack, np.hstack, np.vstack, np.column_stack)},
 }
 
 
