@@ -14,9 +14,11 @@ Lennard-Jones 64 (energy and gradient) becomes a pointwise loop over the 2,016 p
 reduction loop adding each pair's energy and forces into the totals, and a loop adding
 the six force buffers into the gradient.
 
-The kernel has the scalar kernels' signature (``lower.py``) and is called with unit
-strides only: by the Python entry and ``CompiledFunction`` calls (batches use the scalar
-graph's kernels).
+The single-point kernel has the scalar kernels' signature (``lower.py``) and is called
+with unit strides only (by the Python entry and ``CompiledFunction`` calls). The batch
+entry's kernel runs four points at once, one per vector lane, reading and writing the
+batch tile (``abi.emit_batch``); there sums run in their operand's loop (``plan(...,
+fuse=True)``): the lanes are its vectors, and a fused loop stores less.
 """
 
 from __future__ import annotations
@@ -94,9 +96,11 @@ def _cone(n: ANode, limit: int) -> tuple[list, list]:
     return sorted(cone.values(), key=lambda x: x.id), list(frontier.values())
 
 
-def plan(graph: AGraph, outputs: Sequence[ANode]):
+def plan(graph: AGraph, outputs: Sequence[ANode], fuse: bool = False):
     """(loops in order, ids of the nodes stored in buffers, {view sum id: operand},
-    {reduction id: the nodes its loop recomputes})."""
+    {reduction id: the nodes its loop recomputes}). With ``fuse``, sums run in their
+    operand's loop (a kernel over several points, vectorised across them, has no
+    vectorising of elements to keep them apart for)."""
     groups: list[_Group] = []
     group_of: dict[int, int] = {}
     stored: set[int] = set()
@@ -110,7 +114,7 @@ def plan(graph: AGraph, outputs: Sequence[ANode]):
         if _reduces(n):
             d = n.args[0].size
             budget[d] = budget.get(d, REDUCTION_BUDGET) - 3
-    for n in live:
+    for n in live if not fuse else ():
         if _reduces(n):
             d = n.args[0].size
             cones[n.id], reads[n.id] = _cone(n, max(budget[d], 0))
@@ -133,10 +137,11 @@ def plan(graph: AGraph, outputs: Sequence[ANode]):
             group_of[n.id] = group_of[x.id]
             stored.update((n.id, x.id))
             continue
-        kind = "reduce" if _reduces(n) else "point"
-        dom = n.args[0].size if kind == "reduce" else n.size
+        reduces = _reduces(n)
+        kind = "reduce" if reduces and not fuse else "point"
+        dom = n.args[0].size if reduces else n.size
         need, same = 0, []
-        for a in (reads[n.id] if kind == "reduce" else n.args):
+        for a in reads.get(n.id, n.args):
             if not a.args:
                 continue                    # inputs and constants are read in place
             ga = group_of[a.id]
@@ -144,7 +149,8 @@ def plan(graph: AGraph, outputs: Sequence[ANode]):
                 need = max(need, ga)        # a register of the same straight code
             elif a.size == 1:
                 need = max(need, ga + 1)    # a register, after a's loop
-            elif kind == "point" and n.op not in ("gather", "sum") and a.op != "sum":
+            elif kind == "point" and (n.op not in ("gather", "sum") or reduces) and \
+                    a.op != "sum":
                 need = max(need, ga)        # the same element: a register in a's loop
                 same.append(a)
             else:
@@ -160,7 +166,7 @@ def plan(graph: AGraph, outputs: Sequence[ANode]):
         for a in same:
             if group_of[a.id] != g:
                 stored.add(a.id)
-        if kind == "reduce" and n.size > 1:
+        if reduces and n.size > 1:
             stored.add(n.id)
     for o in outputs:
         if o.args and o.size > 1:
@@ -169,11 +175,17 @@ def plan(graph: AGraph, outputs: Sequence[ANode]):
 
 
 class _Emitter:
-    def __init__(self, module, graph, outputs, name, flags):
+    """Emits one kernel; ``width`` > 1 evaluates that many points at once, one per
+    vector lane (the batch entry's tile: input ``j`` of the lanes at ``in + j * is``)."""
+
+    def __init__(self, module, graph, outputs, name, flags, width=1, vector_math=False):
         self.module, self.graph, self.flags = module, graph, flags
         self.outputs, self.name = outputs, name
+        self.width, self.vector_math = width, vector_math
+        self.ty = DOUBLE if width == 1 else ir.VectorType(DOUBLE, width)
         self.scalars: dict[int, ir.Value] = {}     # size-1 values in registers
         self.buffer: dict[int, ir.Value] = {}      # stored node id -> its buffer
+        self.stride: dict[int, ir.Value] = {}      # ... and its elements' distance
         self.tables: dict[tuple, tuple] = {}
         self.b: ir.IRBuilder
         self.fn: ir.Function
@@ -188,6 +200,34 @@ class _Emitter:
 
     def load(self, base, index: ir.Value, ty=DOUBLE) -> ir.Value:
         return self.b.load(self.b.gep(base, [index], source_etype=ty), typ=ty)
+
+    def const(self, v: float) -> ir.Constant:
+        c = ir.Constant(DOUBLE, v)
+        return c if self.width == 1 else ir.Constant(self.ty, [c] * self.width)
+
+    def splat(self, v: ir.Value) -> ir.Value:
+        if self.width == 1:
+            return v
+        b = self.b
+        one = b.insert_element(ir.Constant(self.ty, ir.Undefined), v, ir.Constant(I32, 0))
+        return b.shuffle_vector(one, ir.Constant(self.ty, ir.Undefined),
+                                ir.Constant(ir.VectorType(I32, self.width), [0] * self.width))
+
+    def element(self, base, idx: ir.Value, stride=None) -> ir.Value:
+        """The address of element ``idx`` (all its lanes) in a buffer, or with ``stride``
+        in the tile."""
+        b = self.b
+        w = stride if stride is not None else ir.Constant(I64, self.width)
+        at = idx if self.width == 1 and stride is None else b.mul(idx, w)
+        return b.gep(base, [at], source_etype=DOUBLE)
+
+    def read(self, ptr) -> ir.Value:
+        v = self.b.load(ptr, typ=self.ty)
+        v.align = 8
+        return v
+
+    def write(self, v, ptr) -> None:
+        self.b.store(v, ptr).align = 8
 
     def position(self, table, k: ir.Value) -> ir.Value:
         """Element ``k`` of an index table (arithmetic when the table is affine)."""
@@ -209,23 +249,30 @@ class _Emitter:
         b = self.b
         if a.op == "input":
             off = a.attrs[0]
-            return self.load(self.in_ptr, b.add(idx, ir.Constant(I64, off)) if off else idx)
+            j = b.add(idx, ir.Constant(I64, off)) if off else idx
+            return self.read(self.element(self.in_ptr, j,
+                                          self.in_stride if self.width > 1 else None))
         if a.op == "const":
             values = a.attrs[0]
             if values.uniform is not None:
-                return ir.Constant(DOUBLE, values.uniform)
+                return self.const(values.uniform)
             g, _ = self.table(values.key, values.array, "const")
-            return self.load(g, idx)
+            return self.splat(self.load(g, idx))
         if a.id in self.scalars:
             return self.scalars[a.id]
-        return self.load(self.buffer[a.id], idx)
+        return self.read(self.slot(a, idx))
+
+    def slot(self, n: ANode, idx: ir.Value) -> ir.Value:
+        """The address of stored node ``n``'s element ``idx``."""
+        return self.element(self.buffer[n.id], idx, self.stride.get(n.id))
 
     def store(self, n: ANode, idx: ir.Value, v: ir.Value) -> None:
-        self.b.store(v, self.b.gep(self.buffer[n.id], [idx], source_etype=DOUBLE))
+        self.write(v, self.slot(n, idx))
 
     # -- emitting ----------------------------------------------------------------------
     def emit(self) -> ir.Function:
-        groups, stored, views, self.cones = plan(self.graph, self.outputs)
+        groups, stored, views, self.cones = plan(self.graph, self.outputs,
+                                                 fuse=self.width > 1)
         viewed = {x.id for x in views.values()}
         # Stored outputs are stored where they are returned (a second output of the same
         # node is copied).
@@ -239,29 +286,35 @@ class _Emitter:
                 if n.id in stored and n.id not in direct and n.id not in viewed]
         # The loops run in a function of their own whose buffers are ``noalias``
         # arguments: LLVM then knows that no store into one buffer changes another.
-        fnty = ir.FunctionType(ir.VoidType(), [PTR] * (2 + len(live)))
+        fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64] + [PTR] * len(live))
         inner = ir.Function(self.module, fnty, name=f"{self.name}.loops")
         inner.linkage = "internal"
         inner.attributes.add("alwaysinline")
         inner.attributes.add("nounwind")
         for arg in inner.args:
-            arg.add_attribute("noalias")
+            if isinstance(arg.type, ir.PointerType):
+                arg.add_attribute("noalias")
         self.fn = inner
         self.b = b = ir.IRBuilder(inner.append_basic_block("entry"))
-        self.in_ptr, self.out_ptr = inner.args[:2]
-        for n, arg in zip(live, inner.args[2:]):
+        self.in_ptr, self.in_stride, self.out_ptr, self.out_stride = inner.args[:4]
+        for n, arg in zip(live, inner.args[4:]):
             self.buffer[n.id] = arg
         for node_id, at in direct.items():
-            self.buffer[node_id] = b.gep(self.out_ptr, [ir.Constant(I64, at)],
-                                         source_etype=DOUBLE)
-        minus_zero = ir.Constant(DOUBLE, -0.0)
+            if self.width > 1:
+                self.stride[node_id] = self.out_stride
+            self.buffer[node_id] = self.element(self.out_ptr, ir.Constant(I64, at),
+                                                self.stride.get(node_id))
+        minus_zero = self.const(-0.0)
         for view_id, x in views.items():
             view = self.graph.nodes[view_id]
             start = view.attrs[0].affine[0]
-            base = self.buffer[view_id]
-            self.buffer[x.id] = b.gep(base, [ir.Constant(I64, start)], source_etype=DOUBLE)
-            for j in (*range(start), *range(start + x.size, view.size)):
-                b.store(minus_zero, b.gep(base, [ir.Constant(I64, j)], source_etype=DOUBLE))
+            if view_id in self.stride:
+                self.stride[x.id] = self.stride[view_id]
+            self.buffer[x.id] = self.slot(view, ir.Constant(I64, start))
+            for lo, hi in ((0, start), (start + x.size, view.size)):
+                if hi > lo:
+                    self.loop(hi, lambda k, v=view: self.store(v, k, minus_zero),
+                              start=ir.Constant(I64, lo))
         for group in groups:
             self.group(group)
         pos = 0
@@ -272,7 +325,8 @@ class _Emitter:
 
             def copy(k, o=o, pos=pos):
                 at = b.add(k, ir.Constant(I64, pos)) if pos else k
-                b.store(self.at(o, k), b.gep(self.out_ptr, [at], source_etype=DOUBLE))
+                self.write(self.at(o, k), self.element(
+                    self.out_ptr, at, self.out_stride if self.width > 1 else None))
             if o.size == 1:
                 copy(ir.Constant(I64, 0))
             else:
@@ -282,11 +336,18 @@ class _Emitter:
         return self.outer(inner, live)
 
     def outer(self, inner: ir.Function, live: list) -> ir.Function:
-        """The kernel: scratch for the buffers (stack, or heap when large), then the loops."""
+        """The kernel: scratch for the buffers (stack, or heap when large; the batch's
+        scratch for a kernel over several points), then the loops."""
+        total = self.width * sum(n.size for n in live)
+        if self.width > 1:
+            fn = _kernel_fn(self.module, self.name, (PTR,))
+            b = ir.IRBuilder(fn.append_basic_block("entry"))
+            self.call_inner(b, fn, inner, live, fn.args[4])
+            b.ret_void()
+            return fn
         fn = _kernel_fn(self.module, self.name)
-        in_ptr, _, out_ptr, _ = fn.args[:4]
+        out_ptr = fn.args[2]
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        total = sum(n.size for n in live)
         heap = total > ROLL_STACK_DOUBLES
         buf = None
         if heap:
@@ -298,28 +359,27 @@ class _Emitter:
             b.cbranch(ok, run, fail)
             b.position_at_end(fail)          # out of memory: every output NaN, no crash
             n_out = sum(o.size for o in self.outputs)
-            for k in range(n_out) if n_out <= 64 else ():
-                b.store(ir.Constant(DOUBLE, float("nan")),
-                        b.gep(out_ptr, [ir.Constant(I64, k)], source_etype=DOUBLE))
-            if n_out > 64:
-                memset = self.module.globals.get("memset") or ir.Function(
-                    self.module, ir.FunctionType(PTR, [PTR, I32, I64]), name="memset")
-                b.call(memset, [out_ptr, ir.Constant(I32, 0xFF), ir.Constant(I64, 8 * n_out)])
+            memset = self.module.globals.get("memset") or ir.Function(
+                self.module, ir.FunctionType(PTR, [PTR, I32, I64]), name="memset")
+            b.call(memset, [out_ptr, ir.Constant(I32, 0xFF), ir.Constant(I64, 8 * n_out)])
             b.ret_void()
             b.position_at_end(run)
         elif total:
             buf = b.alloca(DOUBLE, ir.Constant(I64, total), name="buf")
-        pointers, off = [], 0
-        for n in live:
-            pointers.append(b.gep(buf, [ir.Constant(I64, off)], source_etype=DOUBLE))
-            off += n.size
-        b.call(inner, [in_ptr, out_ptr, *pointers])
+        self.call_inner(b, fn, inner, live, buf)
         if heap:
             free = self.module.globals.get("free") or ir.Function(
                 self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
             b.call(free, [buf])
         b.ret_void()
         return fn
+
+    def call_inner(self, b, fn, inner, live, buf) -> None:
+        pointers, off = [], 0
+        for n in live:
+            pointers.append(b.gep(buf, [ir.Constant(I64, off)], source_etype=DOUBLE))
+            off += self.width * n.size
+        b.call(inner, [*fn.args[:4], *pointers])
 
     def loop(self, stop, body, carried: Sequence[ir.Value] = (), start=None) -> list:
         """``for k in range(start, stop): carried = body(k, *carried)`` (at least one
@@ -348,37 +408,6 @@ class _Emitter:
         b.position_at_end(done)
         return list(new)            # the exit's only predecessor is the latch
 
-    def group(self, group: _Group) -> None:
-        if group.kind == "reduce":
-            return self.reduction(group)
-        b = self.b
-
-        def body(k):
-            vals: dict[int, ir.Value] = {}
-
-            def get(a):
-                v = vals.get(a.id)
-                return v if v is not None else self.at(a, k)
-            for n in group.nodes:
-                if n.op == "gather":
-                    src = n.args[0]
-                    v = self.at(src, self.position(n.attrs[0], k)) if src.size > 1 \
-                        else self.at(src, ir.Constant(I64, 0))
-                elif n.op == "sum":             # distinct segments: -0.0 + x == x
-                    v = self.scattered(n, k)
-                else:
-                    v = lower_node(b, self.module, n, [get(a) for a in n.args], self.flags)
-                vals[n.id] = v
-                if n.id in self.buffer:
-                    self.store(n, k, v)
-            if group.domain == 1:
-                self.scalars.update(vals)
-
-        if group.domain == 1:
-            body(ir.Constant(I64, 0))
-        else:
-            self.loop(group.domain, body)
-
     def scattered(self, n: ANode, j: ir.Value) -> ir.Value:
         """Element ``j`` of a sum whose segments are distinct: the one operand element
         that lands there, or -0.0 (the empty sum) where none does."""
@@ -396,21 +425,23 @@ class _Emitter:
             k = b.sext(self.load(g, j, I32), I64)
             inside = b.icmp_signed(">=", k, zero)
         k = b.select(inside, k, zero)            # in bounds whatever the select picks
-        return b.select(inside, self.at(x, k), ir.Constant(DOUBLE, -0.0))
+        return b.select(inside, self.at(x, k), self.const(-0.0))
 
-    def reduction(self, group: _Group) -> None:
-        """Sums in numpy's order: into one value, a register; into segments that come in
-        runs of consecutive elements (a pair's first particle), a loop per run adding in
-        a register and storing its total; into other segments, added in their buffer."""
+    def group(self, group: _Group) -> None:
+        """One loop over a group's domain (straight code for size 1). Sums add in numpy's
+        order: into one value, a register; into segments that come in runs of
+        consecutive elements (a pair's first particle), a loop per run adding in a
+        register and storing its total; into other segments, added in their buffer."""
         b = self.b
-        minus_zero = ir.Constant(DOUBLE, -0.0)
+        minus_zero = self.const(-0.0)
         nodes = group.nodes
-        singles = [n for n in nodes if n.size == 1]
-        runs = [n for n in nodes if n.size > 1 and n.attrs[0].runs() == "runs"]
+        sums = [n for n in nodes if _reduces(n)]
+        singles = [n for n in sums if n.size == 1]
+        runs = [n for n in sums if n.size > 1 and n.attrs[0].runs() == "runs"]
         starts = _run_starts(runs[0].attrs[0].index) if runs else None
         # several run sums share the loop over runs only where their runs coincide
         runs = [n for n in runs if np.array_equal(_run_starts(n.attrs[0].index), starts)]
-        for n in nodes:
+        for n in sums:
             if n.size > 1:
                 self.loop(n.size, lambda k, n=n: self.store(n, k, minus_zero))
 
@@ -422,19 +453,34 @@ class _Emitter:
                 v = vals.get(a.id)
                 return v if v is not None else self.at(a, k)
             for n in nodes:
-                for c in self.cones[n.id]:      # the operand, recomputed here
-                    if c.id not in vals:
-                        vals[c.id] = self.at(c.args[0], self.position(c.attrs[0], k)) \
-                            if c.op == "gather" else \
-                            lower_node(b, self.module, c, [get(a) for a in c.args],
-                                       self.flags)
-                x = get(n.args[0])
-                if n.id in acc:
-                    acc[n.id] = b.fadd(acc[n.id], x, flags=self.flags)
+                if _reduces(n):
+                    for c in self.cones.get(n.id, ()):     # its operand, recomputed here
+                        if c.id not in vals:
+                            vals[c.id] = self.at(c.args[0], self.position(c.attrs[0], k)) \
+                                if c.op == "gather" else \
+                                lower_node(b, self.module, c, [get(a) for a in c.args],
+                                           self.flags, self.vector_math)
+                    x = get(n.args[0])
+                    if n.id in acc:
+                        acc[n.id] = b.fadd(acc[n.id], x, flags=self.flags)
+                    else:
+                        p = self.slot(n, self.position(n.attrs[0], k))
+                        self.write(b.fadd(self.read(p), x, flags=self.flags), p)
                     continue
-                p = b.gep(self.buffer[n.id], [self.position(n.attrs[0], k)],
-                          source_etype=DOUBLE)
-                b.store(b.fadd(b.load(p, typ=DOUBLE), x, flags=self.flags), p)
+                if n.op == "gather":
+                    src = n.args[0]
+                    v = self.at(src, self.position(n.attrs[0], k)) if src.size > 1 \
+                        else self.at(src, ir.Constant(I64, 0))
+                elif n.op == "sum":             # distinct segments: -0.0 + x == x
+                    v = self.scattered(n, k)
+                else:
+                    v = lower_node(b, self.module, n, [get(a) for a in n.args], self.flags,
+                                   self.vector_math)
+                vals[n.id] = v
+                if n.id in self.buffer:
+                    self.store(n, k, v)
+            if group.domain == 1:
+                self.scalars.update(vals)
             return [acc[n.id] for n in singles], [acc[n.id] for n in runs]
 
         n_single = len(singles)
@@ -455,8 +501,7 @@ class _Emitter:
                     return one + many
                 out = self.loop(hi, step, list(singles_acc) + [minus_zero] * len(runs), lo)
                 for n, total in zip(runs, out[n_single:]):
-                    b.store(total, b.gep(self.buffer[n.id], [self.position(n.attrs[0], lo)],
-                                         source_etype=DOUBLE))
+                    self.store(n, self.position(n.attrs[0], lo), total)
                 return out[:n_single]
             finals = self.loop(len(starts) - 1, run, start)
         for n, v in zip(singles, finals):
@@ -470,7 +515,18 @@ def _run_starts(index: np.ndarray) -> np.ndarray:
 
 
 def emit_kernel(module: ir.Module, graph: AGraph, outputs: Sequence[ANode], name: str,
-                flags: tuple = ()) -> ir.Function:
+                flags: tuple = (), width: int = 1, vector_math: bool = False) -> ir.Function:
     """``void name(const double* in, i64 1, double* out, i64 1)`` for ``outputs``, each
-    written in turn to ``out`` (all its elements)."""
-    return _Emitter(module, graph, outputs, name, flags).emit()
+    written in turn to ``out`` (all its elements). With ``width`` > 1: ``void name(in,
+    is, out, os, double* buffer)`` over that many points of the batch entry's tile, one
+    per lane, each computed as a single call computes it (libm lane by lane unless
+    ``vector_math``); ``buffer`` holds ``buffer_doubles(...)`` doubles."""
+    return _Emitter(module, graph, outputs, name, flags, width, vector_math).emit()
+
+
+def buffer_doubles(graph: AGraph, outputs: Sequence[ANode], width: int) -> int:
+    """Scratch doubles the ``width``-point kernel needs (its stored values)."""
+    groups, stored, views, cones = plan(graph, outputs, fuse=width > 1)
+    elsewhere = {x.id for x in views.values()} | {o.id for o in outputs}
+    return width * sum(n.size for n in graph.live(outputs)
+                       if n.id in stored and n.id not in elsewhere)

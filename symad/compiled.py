@@ -663,10 +663,11 @@ def _specialization(owner: CompiledFunction, key, args: tuple) -> _Specializatio
 
 
 class _ArraySpecialization(_Specialization):
-    """Single calls from an array-level graph; the scalar specialization (graphs to
-    inspect, batches, pickling) is built from the same arguments when first needed."""
+    """Single calls and batches from an array-level graph; the scalar specialization
+    (graphs to inspect, pickling) is built from the same arguments when first needed."""
 
     _owner: Any
+    _flags: tuple
     _scalar_spec: _Specialization | None
     _keepalive: list
     array_graph: Any
@@ -757,7 +758,9 @@ class _ArraySpecialization(_Specialization):
         # Its loops are written to be vectorised as they are: no unrolling, no SLP.
         mod = jit.compile_module(module, symbols, speed_level=levels[0],
                                  codegen_level=levels[1], unroll=False)
-        self.native = native = _Native(mod, symbols[0], py_name, spec, self._scalar_batch)
+        self.n_nodes = elements          # the work per point, for splitting batches
+        self._flags = flags
+        self.native = native = _Native(mod, symbols[0], py_name, spec, self._array_batch)
         native.batch_levels = levels
         self._keepalive = []
         if native.py_address is not None:
@@ -789,12 +792,31 @@ class _ArraySpecialization(_Specialization):
                 spec = self._scalar_spec
         return spec
 
-    def _scalar_batch(self):
-        native = self.scalar().native
-        native.batch  # noqa: B018 (compiles the scalar graph's batch entry)
-        self.native.batch_levels = native.batch_levels
-        return native.batch_module, f"symad_{_safe_name(self._owner_name)}_batch", \
-            native.batch_buffer
+    def _array_batch(self):
+        """The batch entry: the array graph over four points at once, one per vector
+        lane, each point computed as a single call computes it."""
+        from symad.codegen import abi, jit, lower
+        from symad.codegen import arrays as array_lower
+        from symad.ops import OPS, Intrinsic, Libm
+        graph, outputs, flags = self.array_graph, self.array_outputs, self._flags
+        base = f"symad_{_safe_name(self._owner_name)}"
+        module = jit.new_module(f"{base}_b")
+        symbols = {lower.vector_symbol(OPS[n.op].lower, OPS[n.op].arity)
+                   for n in graph.live(outputs) if n.op in OPS and
+                   isinstance(OPS[n.op].lower, (Intrinsic, Libm))} - {None}
+        vector_math = ("afn" in flags or "fast" in flags) and \
+            jit.vector_math_available(sorted(symbols))
+        kernel = array_lower.emit_kernel(module, graph, outputs, f"{base}_kernel4", flags,
+                                         width=4, vector_math=vector_math)
+        # (at least one double: the kernel always takes its buffer argument)
+        buffer = max(array_lower.buffer_doubles(graph, outputs, 4), 1)
+        leaf_sizes = (tuple(self.sizes), tuple(_size(s) for s in self.out_leaf_shapes))
+        abi.emit_batch(module, None, f"{base}_batch", *leaf_sizes, kernel,
+                       kernel_buffer=buffer)
+        levels = self.native.batch_levels
+        mod = jit.compile_module(module, [f"{base}_batch"], speed_level=levels[0],
+                                 codegen_level=levels[1], unroll=False)
+        return mod, f"{base}_batch", buffer
 
     @property  # type: ignore[override]
     def grad_graph(self):
@@ -808,15 +830,9 @@ class _ArraySpecialization(_Specialization):
     def outputs(self):
         return self.scalar().outputs
 
-    @property  # type: ignore[override]
-    def n_nodes(self):
-        return self.scalar().n_nodes
-
     def _pickle_state(self) -> dict:
         return {**self.scalar()._pickle_state(), "array": True}
 
-    def batch_flat(self, leaves, n, threads, out=None):
-        return self.scalar().batch_flat(leaves, n, threads, out)
 
 
 # ``threads=None`` splits a batch over the CPU cores once it holds this many
@@ -923,9 +939,7 @@ class CompiledFunction:
         per chunk of points, results are dask arrays (see :mod:`symad.dask_batch`).
 
         Transcendentals (sin, exp, log, tanh, erf, ...) run through scalar libm, lane by
-        lane, so every point equals a single call bit for bit (single calls of large
-        array programs run the array-level kernel, whose gradient sums may add in
-        another order: equal to rounding). A function compiled with
+        lane, so every point equals a single call bit for bit. A function compiled with
         ``fastmath=("afn",)`` calls glibc's vector math library (libmvec) for them
         instead where the CPU has AVX2, four points at once, within a few ulp: several
         times faster on batches dominated by such functions, arithmetic still IEEE.
