@@ -639,16 +639,17 @@ class _Specialization:
         return leaves[0], (per_arg[0] if self.single else tuple(per_arg))
 
 
-# Array programs whose scalar graph would compute at least ARRAY_MIN_ELEMENTS elements,
-# ARRAY_MIN_LENGTH per array operation on average, compile their single-call kernel from
-# the array-level graph (``symad.arrays``): tracing, AD and lowering then cost per numpy
-# operation, not per element, and the kernel is a few loops. Measured value+grad (build
-# s, call us; scalar graph -> array graph): Lennard-Jones 64 1.25 -> 0.05, 11.4 ->
-# 10.1; Lennard-Jones 16 0.18 -> 0.045, 1.04 -> 1.07; Rosenbrock 1000 0.17 -> 0.03,
-# 1.71 -> 1.95. Below: Rosenbrock 100 (1.9k elements) 0.52 us on the scalar graph, 0.59
-# on arrays; the 4-8-1 network loss (8.1k elements, 25 per operation: short loops)
-# 0.11 s and 2.6 us against 0.30 s and 3.0 us.
-ARRAY_MIN_ELEMENTS = 4_000
+# Array programs that compute at least ARRAY_MIN_ELEMENTS elements, ARRAY_MIN_LENGTH per
+# numpy operation on average (the traced function, before differentiation), compile
+# their single-call and batch kernels from the array-level graph (``symad.arrays``):
+# tracing, AD and lowering then cost per numpy operation, not per element, and the
+# kernel is a few loops. Measured value+grad (build s, call us; scalar graph -> array
+# graph): Lennard-Jones 64 (40k elements) 1.25 -> 0.06, 11.4 -> 9.9; Lennard-Jones 16
+# (2.4k) 0.18 -> 0.05, 1.04 -> 1.01; Rosenbrock 1000 (9k) 0.17 -> 0.04, 1.71 -> 1.9.
+# Below: Rosenbrock 100 (0.9k) 0.52 us on the scalar graph, 0.59 on arrays; the 4-8-1
+# network loss (2.2k elements, 15 per operation: short loops) 0.11 s and 2.6 us against
+# 0.30 s and 3.0 us.
+ARRAY_MIN_ELEMENTS = 2_000
 ARRAY_MIN_LENGTH = 50
 
 
@@ -686,6 +687,12 @@ class _ArraySpecialization(_Specialization):
                            owner.__name__, str(exc)[:200])
             return None
         t1 = time.perf_counter()
+        graph = tr.graph
+        # decided on the traced function alone, before any work on its derivative
+        elements = tr.elements(tr.outputs)
+        if elements < ARRAY_MIN_ELEMENTS or \
+                elements < ARRAY_MIN_LENGTH * len(graph.live(tr.outputs)):
+            return None
         self = cls.__new__(cls)
         self.key, self.treedef, self.shapes = key, treedef, shapes
         self.sizes = [_size(s) for s in shapes]
@@ -700,7 +707,6 @@ class _ArraySpecialization(_Specialization):
         self.is_grad = owner._grad
         self._local = threading.local()
         self.fast = None
-        graph = tr.graph
         if owner._grad:
             nargs = len(args)
             argnums = owner._argnums
@@ -732,8 +738,6 @@ class _ArraySpecialization(_Specialization):
             spec = _result_spec(tr.out_tree, tr.out_shapes, 0)
         elements = tr.elements(outputs)
         live = len(graph.live(outputs))
-        if elements < ARRAY_MIN_ELEMENTS or elements < ARRAY_MIN_LENGTH * live:
-            return None
         t2 = time.perf_counter()
         self.n_out = sum(o.size for o in outputs)
         flat_args = treedef == ("tuple", tuple(("leaf",) for _ in shapes))
