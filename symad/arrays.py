@@ -226,9 +226,6 @@ class AGraph:
                     mark[a.id] = 1
         return [self.nodes[i] for i in range(top + 1) if mark[i]]
 
-    def to_text(self, outputs: Sequence[ANode]) -> str:
-        return "\n".join(n.line() for n in self.live(outputs))
-
 
 def _uniform(node: ANode):
     return node.attrs[0].uniform if node.op == "const" else None
