@@ -119,6 +119,21 @@ def plan(graph: AGraph, outputs: Sequence[ANode], fuse: bool = False):
             d = n.args[0].size
             cones[n.id], reads[n.id] = _cone(n, max(budget[d], 0))
             budget[d] -= len(cones[n.id])
+    # Sums only ever added together (a particle's force from each coordinate of each
+    # pair it is in) add into one buffer: its head, the last addition, is that buffer.
+    uses: dict[int, int] = {}
+    for n in live:
+        for a in n.args:
+            uses[a.id] = uses.get(a.id, 0) + 1
+    for o in outputs:
+        uses[o.id] = uses.get(o.id, 0) + 1
+    members: dict[int, list] = {}           # family head id -> its sums
+    for n in live:
+        if n.op == "add" and n.size > 1 and all(
+                uses[a.id] == 1 and a.size == n.size and (a.id in members or _reduces(a))
+                for a in n.args):
+            members[n.id] = [m for a in n.args for m in members.pop(a.id, [a])]
+    family = {m.id: head for head, ms in members.items() for m in ms}
     needed: set[int] = set()
     stack = list(outputs)
     while stack:                    # what is computed in loops of its own
@@ -126,8 +141,13 @@ def plan(graph: AGraph, outputs: Sequence[ANode], fuse: bool = False):
         if n.id in needed:
             continue
         needed.add(n.id)
-        stack.extend(reads[n.id] if n.id in reads else n.args)
+        stack.extend(reads[n.id] if n.id in reads else
+                     members[n.id] if n.id in members else n.args)
     for n in live:
+        if n.id in members:         # a family head: computed by its sums' loops
+            group_of[n.id] = max(group_of[m.id] for m in members[n.id])
+            stored.add(n.id)
+            continue
         if not n.args or n.id not in needed:
             continue
         x = _view_of(n)
@@ -150,7 +170,7 @@ def plan(graph: AGraph, outputs: Sequence[ANode], fuse: bool = False):
             elif a.size == 1:
                 need = max(need, ga + 1)    # a register, after a's loop
             elif kind == "point" and (n.op not in ("gather", "sum") or reduces) and \
-                    a.op != "sum":
+                    a.op != "sum" and a.id not in members:
                 need = max(need, ga)        # the same element: a register in a's loop
                 same.append(a)
             else:
@@ -166,12 +186,12 @@ def plan(graph: AGraph, outputs: Sequence[ANode], fuse: bool = False):
         for a in same:
             if group_of[a.id] != g:
                 stored.add(a.id)
-        if reduces and n.size > 1:
+        if reduces and n.size > 1 and n.id not in family:
             stored.add(n.id)
     for o in outputs:
         if o.args and o.size > 1:
             stored.add(o.id)
-    return groups, stored, views, cones
+    return groups, stored, views, cones, family
 
 
 class _Emitter:
@@ -271,8 +291,8 @@ class _Emitter:
 
     # -- emitting ----------------------------------------------------------------------
     def emit(self) -> ir.Function:
-        groups, stored, views, self.cones = plan(self.graph, self.outputs,
-                                                 fuse=self.width > 1)
+        groups, stored, views, self.cones, self.family = plan(
+            self.graph, self.outputs, fuse=self.width > 1)
         viewed = {x.id for x in views.values()}
         # Stored outputs are stored where they are returned (a second output of the same
         # node is copied).
@@ -305,6 +325,13 @@ class _Emitter:
             self.buffer[node_id] = self.element(self.out_ptr, ir.Constant(I64, at),
                                                 self.stride.get(node_id))
         minus_zero = self.const(-0.0)
+        for head in set(self.family.values()):      # families: added into from the start
+            node = self.graph.nodes[head]
+            self.loop(node.size, lambda k, n=node: self.store(n, k, minus_zero))
+        for m, head in self.family.items():
+            self.buffer[m] = self.buffer[head]
+            if head in self.stride:
+                self.stride[m] = self.stride[head]
         for view_id, x in views.items():
             view = self.graph.nodes[view_id]
             start = view.attrs[0].affine[0]
@@ -442,7 +469,7 @@ class _Emitter:
         # several run sums share the loop over runs only where their runs coincide
         runs = [n for n in runs if np.array_equal(_run_starts(n.attrs[0].index), starts)]
         for n in sums:
-            if n.size > 1:
+            if n.size > 1 and n.id not in self.family:
                 self.loop(n.size, lambda k, n=n: self.store(n, k, minus_zero))
 
         def element(k, singles_acc, runs_acc):
@@ -501,7 +528,10 @@ class _Emitter:
                     return one + many
                 out = self.loop(hi, step, list(singles_acc) + [minus_zero] * len(runs), lo)
                 for n, total in zip(runs, out[n_single:]):
-                    self.store(n, self.position(n.attrs[0], lo), total)
+                    p = self.slot(n, self.position(n.attrs[0], lo))
+                    if n.id in self.family:         # into the family's buffer
+                        total = b.fadd(self.read(p), total, flags=self.flags)
+                    self.write(total, p)
                 return out[:n_single]
             finals = self.loop(len(starts) - 1, run, start)
         for n, v in zip(singles, finals):
@@ -526,7 +556,7 @@ def emit_kernel(module: ir.Module, graph: AGraph, outputs: Sequence[ANode], name
 
 def buffer_doubles(graph: AGraph, outputs: Sequence[ANode], width: int) -> int:
     """Scratch doubles the ``width``-point kernel needs (its stored values)."""
-    groups, stored, views, cones = plan(graph, outputs, fuse=width > 1)
+    groups, stored, views, cones, family = plan(graph, outputs, fuse=width > 1)
     elsewhere = {x.id for x in views.values()} | {o.id for o in outputs}
     return width * sum(n.size for n in graph.live(outputs)
                        if n.id in stored and n.id not in elsewhere)
