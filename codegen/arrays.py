@@ -10,9 +10,10 @@ need, in creation order. A node read at other positions (a gather's source), aft
 finished, by a reduction or in a later loop is stored in a buffer of its own; size-1
 values are registers, computed in straight-line code between loops.
 
-Lennard-Jones 64 (energy and gradient) becomes a pointwise loop over the 2,016 pairs, a
-reduction loop adding each pair's energy and forces into the totals, and a loop adding
-the six force buffers into the gradient.
+Lennard-Jones 64 (energy and gradient) becomes a pointwise loop over the 2,016 pairs and
+a reduction loop adding each pair's energy and forces into the totals (the six
+per-coordinate force sums into the gradient itself: sums only ever added together share
+one buffer).
 
 The single-point kernel has the scalar kernels' signature (``lower.py``) and is called
 with unit strides only (by the Python entry and ``CompiledFunction`` calls). The batch
