@@ -1,8 +1,9 @@
 """Array graph -> LLVM IR: loops over whole-array nodes (see :mod:`symad.arrays`).
 
 Two kinds of loop. A *pointwise* loop computes elementwise nodes, gathers, and sums whose
-segments are all distinct (a store each) over one size, every value of an element in
-registers: LLVM vectorises it. A *reduction* loop runs the other sums (into one value, or
+segments are all distinct (each element its one operand element or -0.0; a slice's
+adjoint is its operand's own buffer, a "view") over one size, every value of an element
+in registers: LLVM vectorises it. A *reduction* loop runs the other sums (into one value, or
 added into a buffer at their segments) over their operands, read back from buffers: their
 additions are sequential (numpy's order), so they are kept out of the vectorised loops.
 Nodes join the first loop of their kind and size at or after the loops their operands
