@@ -5,9 +5,10 @@ differentiating and planning loops cost microseconds per element, and a Lennard-
 energy of 64 particles (2,016 pairs) becomes 77k nodes before LLVM sees it. Here the same
 numpy code becomes a few dozen nodes, each a flat float64 vector, differentiated by the
 same op table, and lowered by :mod:`symad.codegen.arrays` to a handful of fused loops.
-``compile``/``compile_grad`` use it for the single-call kernel of large array programs
-(:data:`MIN_ELEMENTS`); graphs shown to users, batches, Hessians and pickling stay on the
-scalar graph, built when first asked for.
+``compile``/``compile_grad`` use it for the single-call and batch kernels of large array
+programs (``symad.compiled.ARRAY_MIN_ELEMENTS``); graphs shown to users, transformed
+functions (Hessians ...) and pickling stay on the scalar graph, built when first asked
+for.
 
 Nodes (every node is a vector of ``size`` doubles, C order of the array it stands for):
 
@@ -22,9 +23,10 @@ Nodes (every node is a vector of ``size`` doubles, C order of the array it stand
   scalar graph's).
 
 ``gather`` and ``sum`` are each other's adjoints; every other rule is the op table's.
-Anything outside this (``np.concatenate``, in-place assignment, data-dependent control
-flow ...) raises :class:`Unsupported`, and the caller uses the scalar tracer instead,
-which gives the user-facing error if there is one.
+Joins (``np.concatenate`` ...) are sums over distinct positions, added. Anything outside
+this (``np.cumsum``, in-place assignment, data-dependent control flow ...) raises
+:class:`Unsupported`, and the caller uses the scalar tracer instead, which gives the
+user-facing error if there is one.
 """
 
 from __future__ import annotations
