@@ -50,18 +50,34 @@ class Unsupported(Exception):
     """The program uses something array-level tracing does not cover."""
 
 
-class Table:
-    """An int64 index vector, hashed by content; ``affine`` is ``(start, step)`` or None."""
+class _Frozen:
+    """A read-only vector as a node attribute: equal and hashed by its bytes (so 0.0 and
+    -0.0 differ), interned with the node."""
 
-    __slots__ = ("index", "key", "affine", "_hash", "_runs")
+    __slots__ = ("key", "_hash")
+
+    def __init__(self, array: np.ndarray):
+        array.flags.writeable = False
+        self.key = array.tobytes()
+        self._hash = hash(self.key)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self.key == other.key
+
+    def __hash__(self):
+        return self._hash
+
+
+class Table(_Frozen):
+    """An int64 index vector; ``affine`` is ``(start, step)`` or None."""
+
+    __slots__ = ("index", "affine", "_runs")
 
     def __init__(self, index):
         index = np.ascontiguousarray(index, dtype=np.int64).reshape(-1)
-        index.flags.writeable = False
+        super().__init__(index)
         self.index = index
         self._runs: str | None = None
-        self.key = index.tobytes()
-        self._hash = hash(self.key)
         n = len(index)
         self.affine = None
         if n == 1:
@@ -82,37 +98,23 @@ class Table:
                 "runs" if changes == distinct else "scattered"
         return self._runs
 
-    def __eq__(self, other):
-        return isinstance(other, Table) and self.key == other.key
-
-    def __hash__(self):
-        return self._hash
-
     def __repr__(self):
         if self.affine is not None:
             return f"[{self.affine[0]} + {self.affine[1]}k for k < {len(self.index)}]"
         return f"table[{len(self.index)}]"
 
 
-class Values:
-    """Constant elements, hashed by their bits (so 0.0 and -0.0 differ)."""
+class Values(_Frozen):
+    """Constant elements; ``uniform`` is their one value when all are the same bits."""
 
-    __slots__ = ("array", "key", "uniform", "_hash")
+    __slots__ = ("array", "uniform")
 
     def __init__(self, values):
         array = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
-        array.flags.writeable = False
+        super().__init__(array)
         self.array = array
-        self.key = array.tobytes()
-        self._hash = hash(self.key)
         bits = array.view(np.int64)
         self.uniform = float(array[0]) if len(array) and (bits == bits[0]).all() else None
-
-    def __eq__(self, other):
-        return isinstance(other, Values) and self.key == other.key
-
-    def __hash__(self):
-        return self._hash
 
     def __repr__(self):
         if self.uniform is not None:

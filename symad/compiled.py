@@ -237,18 +237,9 @@ class _Specialization:
     _fwd_table: Any
 
     def __init__(self, owner: CompiledFunction, key, args: tuple):
-        self.key = key
-        self.treedef, self.shapes = key
-        self.sizes = [_size(s) for s in self.shapes]
-        self.n_in = sum(self.sizes)
-        self._owner_name = owner.__name__
-        self._example = tree_unflatten(
-            self.treedef, [0.0 if s == () else np.zeros(s) for s in self.shapes])
-        self._f = owner._f
+        self._init_signature(owner, key)
         self._graph = None
         self.is_grad = owner._grad
-        self._local = threading.local()
-        self.fast = None
         # Tracing and AD allocate a node object per value, linked both ways to their
         # graph: the collector's full passes over them cost 10-20% of a build (measured:
         # Rosenbrock 1000 0.245 -> 0.205 s) and find nothing to free while it runs.
@@ -260,10 +251,60 @@ class _Specialization:
             if enabled:
                 gc.enable()
 
+    def _init_signature(self, owner: CompiledFunction, key) -> None:
+        """What every specialization knows from its argument structure and shapes."""
+        self.key = key
+        self.treedef, self.shapes = key
+        self.sizes = [_size(s) for s in self.shapes]
+        self.n_in = sum(self.sizes)
+        self._owner_name = owner.__name__
+        self._example = tree_unflatten(
+            self.treedef, [0.0 if s == () else np.zeros(s) for s in self.shapes])
+        self._f = owner._f
+        self._local = threading.local()
+        self.fast = None
+
+    def _grad_signature(self, owner: CompiledFunction, nargs: int, arg_trees,
+                        arg_shapes):
+        """The differentiated arguments (``argnums``) and the gradient's structure;
+        returns ``(argnums as a tuple, the Python entry's result spec or None)``."""
+        from .api import _normalize_argnums
+        argnums = owner._argnums
+        if argnums is None:
+            argnums = 0 if nargs == 1 else tuple(range(nargs))
+        nums = _normalize_argnums(argnums, nargs, owner.__name__)
+        self.grad_nums, self.single = nums, isinstance(argnums, int)
+        self.grad_trees = [arg_trees[k] for k in nums]
+        self.grad_shapes = [list(arg_shapes[k]) for k in nums]
+        self._simple_grad = self.single and self.grad_trees[0] == ("leaf",)
+        if not all(td == ("leaf",) for td in self.grad_trees):
+            return nums, None
+        shapes = [shp[0] for shp in self.grad_shapes]
+        grad_spec = _result_spec(("tuple", (("leaf",),) * len(nums)), shapes, 1)
+        return nums, (0, grad_spec[0] if self.single else grad_spec)
+
+    def _entry_spec(self, spec):
+        """``spec`` when the CPython fast-call entry can serve this signature (flat
+        float/array arguments, inputs and outputs fitting its stack buffer), else None."""
+        from symad.codegen.abi import MAX_STACK_DOUBLES
+        flat_args = self.treedef == ("tuple", tuple(("leaf",) for _ in self.shapes))
+        if not flat_args or self.n_in + self.n_out > MAX_STACK_DOUBLES:
+            return None
+        return spec
+
+    def _attach_fast_entry(self, owner: CompiledFunction) -> None:
+        from symad.codegen import abi
+        self._keepalive: list = []
+        native = self.native
+        if native.py_address is not None:
+            self.fast = abi.make_py_callable(native.py_address, owner.__name__,
+                                             owner._slow_call, native.py_spec,
+                                             self._keepalive)
+
     # ---- staging: trace, AD, lower, JIT ----------------------------------------------
     def _build(self, owner: CompiledFunction, args: tuple) -> None:
         from .ad import vjp_nodes
-        from .api import _normalize_argnums, _scalar_output, _slices, _tracing, trace_call
+        from .api import _scalar_output, _slices, _tracing, trace_call
 
         name = owner.__name__
         seconds = {}
@@ -275,11 +316,7 @@ class _Specialization:
         seconds["trace"] = t1 - t0
         nodes = {"trace": len(graph.live(st.outputs))}
         if owner._grad:
-            argnums = owner._argnums
-            nargs = len(args)
-            if argnums is None:
-                argnums = 0 if nargs == 1 else tuple(range(nargs))
-            nums = _normalize_argnums(argnums, nargs, name)
+            nums, spec = self._grad_signature(owner, len(args), st.arg_trees, st.arg_shapes)
             y = _scalar_output(st, name, "compile_grad")
             offsets = _slices([sum(_size(s) for s in shp) for shp in st.arg_shapes])
             wrt = [v for k in nums for v in st.variables[offsets[k]]]
@@ -290,17 +327,7 @@ class _Specialization:
             graph.outputs = outputs
             seconds["ad"] = time.perf_counter() - t1
             nodes["ad"] = len(graph.live(outputs))
-            self.grad_nums, self.single = nums, isinstance(argnums, int)
-            self.grad_trees = [st.arg_trees[k] for k in nums]
-            self.grad_shapes = [st.arg_shapes[k] for k in nums]
             self.grad_graph = graph
-            self._simple_grad = self.single and self.grad_trees[0] == ("leaf",)
-            if all(td == ("leaf",) for td in self.grad_trees):
-                shapes = [shp[0] for shp in self.grad_shapes]
-                grad_spec = _result_spec(("tuple", (("leaf",),) * len(nums)), shapes, 1)
-                spec = (0, grad_spec[0] if self.single else grad_spec)
-            else:
-                spec = None
         else:
             outputs = list(st.outputs)
             seconds["ad"] = 0.0
@@ -311,11 +338,7 @@ class _Specialization:
             spec = _result_spec(st.out_tree, st.out_shapes, 0)
         self.outputs = outputs
         self.n_out = len(outputs)
-        flat_args = self.treedef == ("tuple", tuple(("leaf",) for _ in self.shapes))
-        from symad.codegen.abi import MAX_STACK_DOUBLES
-        if not flat_args or self.n_in + self.n_out > MAX_STACK_DOUBLES:
-            spec = None
-        self._build_native(owner, graph, outputs, spec, seconds, nodes)
+        self._build_native(owner, graph, outputs, self._entry_spec(spec), seconds, nodes)
 
     def _build_native(self, owner, graph, outputs, spec, seconds, nodes) -> None:
         from symad.codegen import abi, jit, lower
@@ -423,11 +446,7 @@ class _Specialization:
             while len(_RECENT) > _RECENT_MAX:
                 _RECENT.popitem(last=False)
         self.native = native
-        self._keepalive: list = []
-        if native.py_address is not None:
-            self.fast = abi.make_py_callable(native.py_address, owner.__name__,
-                                             owner._slow_call, native.py_spec,
-                                             self._keepalive)
+        self._attach_fast_entry(owner)
         nodes["llvm_ir"] = _count_instructions(native.module.llvm_ir)
         nodes["optimized_ir"] = _count_instructions(native.module.optimized_ir)
         self.stats = {"nodes": nodes, "seconds": seconds, "cached": cached,
@@ -467,20 +486,12 @@ class _Specialization:
     def _restore(cls, owner: CompiledFunction, state: dict) -> _Specialization:
         from .persist import graph_from_table
         self = cls.__new__(cls)
-        self.key = key = state["key"]
-        self.treedef, self.shapes = key
-        for shp in self.shapes:
+        key = state["key"]
+        for shp in key[1]:
             if not (isinstance(shp, tuple) and all(isinstance(d, int) and d >= 0
                                                    for d in shp)):
                 raise SymadError(f"cannot unpickle {owner.__name__}: bad shape {shp!r}")
-        self.sizes = [_size(s) for s in self.shapes]
-        self.n_in = sum(self.sizes)
-        self._owner_name = owner.__name__
-        self._example = tree_unflatten(
-            self.treedef, [0.0 if s == () else np.zeros(s) for s in self.shapes])
-        self._f = owner._f
-        self._local = threading.local()
-        self.fast = None
+        self._init_signature(owner, key)
         self.is_grad = state["grad"] is not None
         graph, outputs = graph_from_table(state["table"])
         self.outputs, self.n_out = outputs, len(outputs)
@@ -670,16 +681,14 @@ class _ArraySpecialization(_Specialization):
     _owner: Any
     _flags: tuple
     _scalar_spec: _Specialization | None
-    _keepalive: list
     array_graph: Any
     array_outputs: list
 
     @classmethod
     def attempt(cls, owner: CompiledFunction, key, args: tuple):
         from . import arrays
-        from .api import _normalize_argnums
         t0 = time.perf_counter()
-        treedef, shapes = key
+        shapes = key[1]
         try:
             tr = arrays.trace_call(owner._f, args, shapes)
         except arrays.Unsupported as exc:
@@ -694,43 +703,24 @@ class _ArraySpecialization(_Specialization):
                 elements < ARRAY_MIN_LENGTH * len(graph.live(tr.outputs)):
             return None
         self = cls.__new__(cls)
-        self.key, self.treedef, self.shapes = key, treedef, shapes
-        self.sizes = [_size(s) for s in shapes]
-        self.n_in = sum(self.sizes)
-        self._owner_name = owner.__name__
+        self._init_signature(owner, key)
         self._owner = owner
-        self._example = tree_unflatten(treedef, [0.0 if s == () else np.zeros(s)
-                                                 for s in shapes])
-        self._f = owner._f
         self._graph = None
         self._scalar_spec = None
         self.is_grad = owner._grad
-        self._local = threading.local()
-        self.fast = None
         if owner._grad:
-            nargs = len(args)
-            argnums = owner._argnums
-            if argnums is None:
-                argnums = 0 if nargs == 1 else tuple(range(nargs))
-            nums = _normalize_argnums(argnums, nargs, owner.__name__)
-            if tr.out_shapes != [()]:
-                return None          # the scalar path explains what is wrong
             per_arg = [tree_flatten(a, "") for a in args]
             starts = np.cumsum([0] + [len(leaves) for leaves, _, _ in per_arg])
+            nums, spec = self._grad_signature(
+                owner, len(args), [td for _, td, _ in per_arg],
+                [shapes[starts[k]:starts[k + 1]] for k in range(len(args))])
+            if tr.out_shapes != [()]:
+                return None          # the scalar path explains what is wrong
             wrt = [tr.inputs[j] for k in nums for j in range(starts[k], starts[k + 1])]
             y = tr.outputs[0]
             bars = arrays.vjp(graph, y, wrt)
             outputs = [y] + [b if b is not None else graph.const(np.zeros(w.size))
                              for b, w in zip(bars, wrt)]
-            self.grad_nums, self.single = nums, isinstance(argnums, int)
-            self.grad_trees = [per_arg[k][1] for k in nums]
-            self.grad_shapes = [list(shapes[starts[k]:starts[k + 1]]) for k in nums]
-            self._simple_grad = self.single and self.grad_trees[0] == ("leaf",)
-            spec = None
-            if all(td == ("leaf",) for td in self.grad_trees):
-                leaf_shapes = [shp[0] for shp in self.grad_shapes]
-                grad_spec = _result_spec(("tuple", (("leaf",),) * len(nums)), leaf_shapes, 1)
-                spec = (0, grad_spec[0] if self.single else grad_spec)
         else:
             outputs = list(tr.outputs)
             self._simple_grad = False
@@ -740,13 +730,11 @@ class _ArraySpecialization(_Specialization):
         live = len(graph.live(outputs))
         t2 = time.perf_counter()
         self.n_out = sum(o.size for o in outputs)
-        flat_args = treedef == ("tuple", tuple(("leaf",) for _ in shapes))
         from symad.codegen import abi, jit, lower
         from symad.codegen import arrays as array_lower
-        if not flat_args or self.n_in + self.n_out > abi.MAX_STACK_DOUBLES or \
-                not abi.fast_entry_supported():
+        spec = self._py_spec = self._entry_spec(spec)
+        if not abi.fast_entry_supported():
             spec = None
-        self._py_spec = spec
         flags = lower.fastmath_flags(owner._fastmath)
         levels = jit.choose_levels(live, owner._opt_level)
         base = f"symad_{_safe_name(owner.__name__)}"
@@ -766,11 +754,7 @@ class _ArraySpecialization(_Specialization):
         self._flags = flags
         self.native = native = _Native(mod, symbols[0], py_name, spec, self._array_batch)
         native.batch_levels = levels
-        self._keepalive = []
-        if native.py_address is not None:
-            self.fast = abi.make_py_callable(native.py_address, owner.__name__,
-                                             owner._slow_call, native.py_spec,
-                                             self._keepalive)
+        self._attach_fast_entry(owner)
         self.stats = {
             "nodes": {"trace": len(graph.live(tr.outputs)), "ad": live, "elements": elements,
                       "llvm_ir": _count_instructions(mod.llvm_ir),
