@@ -5,6 +5,13 @@ partial adjoints ``bar(v_i) += bar(v_j) * dv_j/dv_i`` as new nodes of the *same*
 a gradient is itself a graph: it can be differentiated again (Hessians), interpreted or
 compiled. Forward mode walks the nodes in creation order and sums ``dv_j/dv_i * tan(v_i)``.
 
+A node used once passes its consumer's adjoint on without an adjoint node of its own, with
+the product of the partials on the way as a weight (local Jacobians preaccumulated from
+forward values, see ``_structure``): where two such paths meet, their weights add before
+the one multiplication by the adjoint. Iterations such as ``x <- r x (1 - x)`` then cost
+one dependent multiplication per step in the reverse pass instead of three, in as many
+operations as adjoint by adjoint.
+
 Adjoints that are known to be zero are never built (``None`` partials, nodes that do not
 depend on the inputs, outputs with no cotangent). Selection ops (``where``, ``maximum``,
 ``minimum``) multiply with ``mul0``, which keeps an untaken branch's zero exact even when
@@ -21,6 +28,8 @@ from .trace import Tracer
 
 
 def _as_node(graph: Graph, value) -> Node:
+    if isinstance(value, Node):
+        return value
     if isinstance(value, Tracer):
         return value.node
     return graph.const(value)
@@ -29,6 +38,10 @@ def _as_node(graph: Graph, value) -> Node:
 # Ops whose partials are plain numbers whatever the operands (add, sub, neg): found on
 # first use, so the reverse pass builds no tracers for them afterwards.
 _CONSTANT_PARTIALS: dict[str, tuple] = {}
+
+
+_UNIT_PARTIALS = frozenset(("add", "sub", "neg"))   # d(op)/d(operand) is +1 or -1
+_SELECTING = frozenset(name for name, spec in OPS.items() if spec.selects)
 
 
 def _partials(graph: Graph, node: Node):
@@ -73,6 +86,108 @@ def _scale(node, spec, partial: Node, seed: Node, seed_masked: bool) -> tuple[No
     return node("mul", (seed, partial)), False
 
 
+def _structure(graph: Graph, seeds, dep: bytearray, wrt_ids: set, lo: int, hi: int):
+    """Which nodes of the reverse pass get no adjoint node of their own (``lazy``).
+
+    A lazy node has one consumer: it passes that consumer's adjoint ``B`` on with a
+    weight ``W``, the product of the partials from the nearest node that has an adjoint
+    (its *base*), so the adjoint reaches a node as ``B * W`` with ``W`` computed from
+    forward values alone. What this buys is the chain of dependent multiplications:
+    ``x <- r x (1 - x)`` passes ``bar(x') * (r (1 - x) - r x)``, one multiplication per
+    step after ``bar(x')``, where adjoint by adjoint it takes three. Edges from one base
+    that meet at a node (``merge``) add their weights before multiplying by ``B``.
+
+    Laziness is free where ``W`` is +-1 or the node has one operand; a node with two
+    operands and another weight costs a multiplication more unless an operand merges,
+    so it is lazy only then. Seeds, ``wrt`` nodes and selections' operands (whose exact
+    zeros need ``mul0``) always get adjoints. Returns ``lazy``, ``base`` (each node's
+    base id) and ``merge`` ((operand id, base id) pairs).
+    """
+    nodes = graph.nodes
+    size = hi + 1
+    needed = bytearray(size)
+    consumers = bytearray(size)  # 0, 1 or 2 (= more than one)
+    consumer = [0] * size
+    masked = bytearray(size)     # may receive a selection's exact zero
+    for o, _ in seeds:
+        if dep[o.id]:
+            needed[o.id] = 1
+            consumers[o.id] = 2  # a seed is an arrival of its own
+    lazy = bytearray(size)
+    for i in range(hi, lo - 1, -1):
+        if not needed[i]:
+            continue
+        n = nodes[i]
+        if consumers[i] == 1 and not masked[i] and i not in wrt_ids:
+            lazy[i] = 1
+        mask = masked[i] or n.op in _SELECTING
+        prev = None
+        for a in n.args:
+            j = a.id
+            if not dep[j] or a is prev:
+                continue
+            needed[j] = 1
+            consumers[j] = 1 if consumers[j] == 0 else 2
+            consumer[j] = i
+            if mask:
+                masked[j] = 1
+            prev = a
+    base, merge, costly = _bases(nodes, lazy, needed, consumer, dep, lo, hi)
+    # Operands before consumers: a node stays lazy where that defers something (an
+    # operand merges, or is lazy itself); a costly one only where an operand merges.
+    changed = False
+    for i in range(lo, hi + 1):
+        if not lazy[i]:
+            continue
+        b = base[i]
+        keep = False
+        for a in nodes[i].args:
+            j = a.id
+            if dep[j] and ((j, b) in merge or (lazy[j] and not costly[i])):
+                keep = True
+                break
+        if not keep:
+            lazy[i] = 0
+            changed = True
+    if changed:
+        base, merge, _ = _bases(nodes, lazy, needed, consumer, dep, lo, hi)
+    return lazy, base, merge
+
+
+def _bases(nodes, lazy, needed, consumer, dep, lo: int, hi: int):
+    """Each node's base, the merging (operand, base) pairs, and the lazy nodes whose
+    laziness costs a multiplication unless an operand merges (see ``_structure``)."""
+    base = list(range(hi + 1))
+    unit = bytearray(hi + 1)     # W is +-1: every partial from the base is
+    last = [-1] * (hi + 1)       # the base of an operand's latest edge
+    visitor = [-1] * (hi + 1)
+    merge: set = set()
+    costly = bytearray(hi + 1)
+    for i in range(hi, lo - 1, -1):
+        if not needed[i]:
+            continue
+        n = nodes[i]
+        if lazy[i]:
+            c = consumer[i]
+            b = base[i] = base[c]
+            unit[i] = (unit[c] or not lazy[c]) and nodes[c].op in _UNIT_PARTIALS
+        else:
+            b = i
+        operands = 0
+        for a in n.args:
+            j = a.id
+            if not dep[j] or visitor[j] == i:     # x * x: one edge
+                continue
+            visitor[j] = i
+            operands += 1
+            if last[j] == b:
+                merge.add((j, b))
+            last[j] = b
+        if lazy[i] and not unit[i] and operands > 1:
+            costly[i] = 1
+    return base, merge, costly
+
+
 def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node | None],
               wrt: Sequence[Node]) -> list[Node | None]:
     """Reverse mode: the adjoint node of each ``wrt`` node (``None`` = structural zero).
@@ -92,22 +207,77 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
     nodes = graph.nodes
     dep = _depends(graph, wrt, lo, hi)
     wrt_set = set(wrt)
-    bars: dict[Node, Node] = {}
-    masked: set[Node] = set()   # adjoints that may be an exact zero from a selection
+    lazy, base_of, merge = _structure(graph, seeds, dep, {w.id for w in wrt}, lo, hi)
+    # The adjoint of v is sums[v] (contributions added as they arrive, as adjoint by
+    # adjoint) plus, over the bases B of the weights waiting in deferred[v][B],
+    # B * (their sum): weights are products of partials, forward values only.
+    sums: dict[Node, Node] = {}
+    deferred: dict[Node, dict[Node, Node | float]] = {}
+    masked: set[Node] = set()   # adjoints that may be a selection's exact zero
+    results: dict[Node, Node] = {}
+
+    def contribute(v: Node, contrib: Node) -> None:
+        prev = sums.get(v)
+        if prev is None:
+            sums[v] = contrib
+        else:
+            sums[v] = node("add", (prev, contrib))
+            if v in wrt_set:
+                graph.accumulations.add(sums[v].id)
+
+    def defer(v: Node, b: Node, w) -> None:
+        groups = deferred.get(v)
+        if groups is None:
+            deferred[v] = {b: w}
+            return
+        prev = groups.get(b)
+        if prev is None:
+            groups[b] = w
+        elif type(prev) is float and type(w) is float:
+            groups[b] = prev + w
+        else:
+            groups[b] = node("add", (_as_node(graph, prev), _as_node(graph, w)))
+
+    def scaled(b: Node, w) -> Node:
+        if type(w) is float and w == 1.0:
+            return b
+        return node("mul", (b, _as_node(graph, w)))
+
     for o, c in seeds:
         if dep[o.id]:
-            bars[o] = c if o not in bars else node("add", (bars[o], c))
+            contribute(o, c)
     graph._open += 1
     try:
         for i in range(hi, lo - 1, -1):
             n = nodes[i]
-            bar = bars.get(n)
-            if bar is None or not n.args:
+            groups = deferred.pop(n, None)
+            if groups is None and n not in sums:
+                continue
+            bar = None
+            if n not in sums and lazy[i] and len(groups) == 1:
+                ((b, w),) = groups.items()  # n passes on b with weight w: no adjoint node
+            else:
+                for b, w in (groups or {}).items():
+                    contribute(n, scaled(b, w))
+                b = bar = sums.pop(n)
+                w = 1.0
+                if n in wrt_set:
+                    results[n] = bar
+            if not n.args:
                 continue
             spec, parts = _partials(graph, n)
+            eager = spec.selects or n in masked
+            base = base_of[i]
             for a, p in zip(n.args, parts):
                 if p is None or not dep[a.id]:
                     continue
+                if type(p) is not float:
+                    p = _as_node(graph, p)
+                if not eager and (lazy[a.id] or (a.id, base) in merge):
+                    defer(a, b, _product(graph, w, p))
+                    continue
+                if bar is None:
+                    bar = scaled(b, w)
                 if type(p) is float and p == 1.0 and not spec.selects:   # bar * 1 is bar
                     contrib, is_masked = bar, n in masked
                 else:
@@ -115,13 +285,22 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
                                                 n in masked)
                 if is_masked:
                     masked.add(a)
-                prev = bars.get(a)
-                bars[a] = contrib if prev is None else node("add", (prev, contrib))
-                if prev is not None and a in wrt_set:
-                    graph.accumulations.add(bars[a].id)
+                contribute(a, contrib)
     finally:
         graph._open -= 1
-    return [bars.get(w) for w in wrt]
+    return [results.get(w) for w in wrt]
+
+
+def _product(graph: Graph, w, p):
+    """The weight ``w * p`` (nodes of forward values, or numbers)."""
+    if type(w) is float:
+        if w == 1.0:
+            return p
+        if type(p) is float:
+            return w * p
+    elif type(p) is float and p == 1.0:
+        return w
+    return graph.node("mul", (_as_node(graph, w), _as_node(graph, p)))
 
 
 def jvp_nodes(graph: Graph, outputs: Sequence[Node], wrt: Sequence[Node],

@@ -125,6 +125,50 @@ def test_logistic_map_graph_is_linear_and_derivative_right():
     assert g == pytest.approx(dv, rel=1e-9)
 
 
+def _adjoint_depth(graph, seed, out):
+    """The longest chain of operations from ``seed`` to ``out`` (0: not reached)."""
+    depth = {seed: 0}
+    for n in graph.nodes[seed.id + 1:out.id + 1]:
+        reached = [depth[a] for a in n.args if a in depth]
+        if reached:
+            depth[n] = 1 + max(reached)
+    return depth.get(out, 0)
+
+
+def test_reverse_chain_multiplies_each_adjoint_once_per_step():
+    # x <- r x (1 - x): adjoint by adjoint, bar(x) = bar(x') (1 - x) r - bar(x') r x is
+    # three dependent operations per step. The reverse pass passes bar(x') on through
+    # the single-use r x and 1 - x and adds their weights first: bar(x) = bar(x') * J,
+    # J = (1 - x) r - r x from forward values, one dependent multiplication per step,
+    # and no more operations than adjoint by adjoint (six per step).
+    from symad.ad import vjp_nodes
+    from symad.graph import Graph
+    from symad.trace import Tracer
+
+    ops = {}
+    for n in (10, 20):
+        g = Graph("logistic")
+        r, x0 = g.input("r"), g.input("x0")
+        x = Tracer(x0)
+        g._open += 1        # tracing by hand: what api.trace_call does around a function
+        for _ in range(n):
+            x = Tracer(r) * x * (1.0 - x)
+        g._open -= 1
+        seed = g.variable("seed")
+        before = len(g.nodes)
+        bar_r, bar_x0 = vjp_nodes(g, [x.node], [seed], [r, x0])
+        assert _adjoint_depth(g, seed, bar_x0) == n
+        assert _adjoint_depth(g, seed, bar_r) <= n + 2
+        ops[n] = len({m for m in g.live([bar_r, bar_x0]) if m.id >= before and m.args})
+        dr, dx0 = symad.interp.evaluate(g, [bar_r, bar_x0], {r: 3.7, x0: 0.3, seed: 1.0})
+        v, dv_dx0, dv_dr = 0.3, 1.0, 0.0
+        for _ in range(n):
+            v, dv_dx0, dv_dr = (3.7 * v * (1 - v), 3.7 * (1 - 2 * v) * dv_dx0,
+                                v * (1 - v) + 3.7 * (1 - 2 * v) * dv_dr)
+        assert (float(dx0), float(dr)) == pytest.approx((dv_dx0, dv_dr), rel=1e-12)
+    assert ops[20] - ops[10] <= 6 * 10
+
+
 def test_deep_chain_without_recursion():
     limit = sys.getrecursionlimit()
     n = 200_000
