@@ -130,6 +130,7 @@ def test_notebook_2_inside_the_compiler(executed):
     assert key["extended_ops"] == 9
     assert key["sweep_grad"] == pytest.approx([5.5, 1.7163378145367738], rel=1e-15)
     assert key["graph_grad"] == key["sweep_grad"]
+    assert key["logistic_reverse_chain_10_steps"] == 10     # one multiplication per step
     text = _stream_text(nb)
     assert "digraph" in text and "partial adjoint" in text
     if hasattr(symad, "compile_grad"):
