@@ -82,6 +82,28 @@ def test_random_programs_agree_with_sympy(seed):
                                err_msg=f"program {steps}")
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_random_programs_vjp_of_two_outputs(seed):
+    # Two seeded outputs that share nodes (a program and one of its prefixes) and
+    # symbolic cotangents: the reverse pass's adjoints from two bases, passed on through
+    # single-use nodes and added where they meet, must give c1 grad F + c2 grad G.
+    rng = np.random.default_rng(seed)
+    n_inputs = int(rng.integers(1, 4))
+    steps = random_program(rng, n_inputs, int(rng.integers(2, 12)))
+    cut = int(rng.integers(1, len(steps)))
+    x = rng.uniform(-2, 2, n_inputs)
+    f, g = symad_fn(steps, n_inputs), symad_fn(steps[:cut], n_inputs)
+    _, grad_f = symad.value_and_grad(f)(x)
+    _, grad_g = symad.value_and_grad(g)(x)
+    assume(np.all(np.isfinite(grad_f)) and np.all(np.isfinite(grad_g)))
+    c1, c2 = rng.uniform(-2, 2, 2)
+    _, vjp_fn = symad.vjp(lambda x: (f(x), g(x)), x)
+    (bar,) = vjp_fn((c1, c2))
+    np.testing.assert_allclose(bar, c1 * grad_f + c2 * grad_g, rtol=1e-12, atol=1e-12,
+                               err_msg=f"program {steps}, outputs at {cut}")
+
+
 @settings(max_examples=25, deadline=None)
 @example(seed=811636)   # 0/0 in the value, finite Hessian: must be rejected, not failed
 @given(st.integers(0, 2**32 - 1))
