@@ -104,6 +104,32 @@ def _structure(graph: Graph, seeds, dep: bytearray, wrt_ids: set, lo: int, hi: i
     base id) and ``merge`` ((operand id, base id) pairs).
     """
     nodes = graph.nodes
+    demoted = bytearray(hi + 1)
+    lazy, base, merge, costly = _sweep(nodes, seeds, dep, wrt_ids, lo, hi, demoted)
+    # Operands before consumers: a node stays lazy where that defers something (an
+    # operand merges, or is lazy itself); a costly one only where an operand merges.
+    for i in range(lo, hi + 1):
+        if not lazy[i]:
+            continue
+        b = base[i]
+        for a in nodes[i].args:
+            j = a.id
+            if dep[j] and ((j, b) in merge or (lazy[j] and not costly[i])):
+                break
+        else:
+            lazy[i] = 0
+            demoted[i] = 1
+    if any(demoted):        # their operands' bases change: sweep again
+        lazy, base, merge, _ = _sweep(nodes, seeds, dep, wrt_ids, lo, hi, demoted)
+    return lazy, base, merge
+
+
+def _sweep(nodes, seeds, dep: bytearray, wrt_ids: set, lo: int, hi: int,
+           demoted: bytearray):
+    """One pass from the seeds down (every consumer of a node before it): the lazy
+    nodes (one consumer, not ``demoted``), each node's base, the merging (operand, base)
+    pairs and the lazy nodes whose laziness costs a multiplication unless an operand
+    merges (see ``_structure``)."""
     size = hi + 1
     needed = bytearray(size)
     consumers = bytearray(size)  # 0, 1 or 2 (= more than one)
@@ -114,65 +140,24 @@ def _structure(graph: Graph, seeds, dep: bytearray, wrt_ids: set, lo: int, hi: i
             needed[o.id] = 1
             consumers[o.id] = 2  # a seed is an arrival of its own
     lazy = bytearray(size)
-    for i in range(hi, lo - 1, -1):
-        if not needed[i]:
-            continue
-        n = nodes[i]
-        if consumers[i] == 1 and not masked[i] and i not in wrt_ids:
-            lazy[i] = 1
-        mask = masked[i] or n.op in _SELECTING
-        prev = None
-        for a in n.args:
-            j = a.id
-            if not dep[j] or a is prev:
-                continue
-            needed[j] = 1
-            consumers[j] = 1 if consumers[j] == 0 else 2
-            consumer[j] = i
-            if mask:
-                masked[j] = 1
-            prev = a
-    base, merge, costly = _bases(nodes, lazy, needed, consumer, dep, lo, hi)
-    # Operands before consumers: a node stays lazy where that defers something (an
-    # operand merges, or is lazy itself); a costly one only where an operand merges.
-    changed = False
-    for i in range(lo, hi + 1):
-        if not lazy[i]:
-            continue
-        b = base[i]
-        keep = False
-        for a in nodes[i].args:
-            j = a.id
-            if dep[j] and ((j, b) in merge or (lazy[j] and not costly[i])):
-                keep = True
-                break
-        if not keep:
-            lazy[i] = 0
-            changed = True
-    if changed:
-        base, merge, _ = _bases(nodes, lazy, needed, consumer, dep, lo, hi)
-    return lazy, base, merge
-
-
-def _bases(nodes, lazy, needed, consumer, dep, lo: int, hi: int):
-    """Each node's base, the merging (operand, base) pairs, and the lazy nodes whose
-    laziness costs a multiplication unless an operand merges (see ``_structure``)."""
-    base = list(range(hi + 1))
-    unit = bytearray(hi + 1)     # W is +-1: every partial from the base is
-    last = [-1] * (hi + 1)       # the base of an operand's latest edge
-    visitor = [-1] * (hi + 1)
+    base = list(range(size))
+    unit = bytearray(size)       # W is +-1: every partial from the base is
+    last = [-1] * size           # the base of an operand's latest edge
+    visitor = [-1] * size
     merge: set = set()
-    costly = bytearray(hi + 1)
+    costly = bytearray(size)
     for i in range(hi, lo - 1, -1):
         if not needed[i]:
             continue
         n = nodes[i]
-        if lazy[i]:
+        if consumers[i] == 1 and not masked[i] and not demoted[i] and i not in wrt_ids:
+            lazy[i] = 1
             c = consumer[i]
             b = base[i] = base[c]
             unit[i] = (unit[c] or not lazy[c]) and nodes[c].op in _UNIT_PARTIALS
         else:
             b = i
+        mask = masked[i] or n.op in _SELECTING
         operands = 0
         for a in n.args:
             j = a.id
@@ -180,12 +165,17 @@ def _bases(nodes, lazy, needed, consumer, dep, lo: int, hi: int):
                 continue
             visitor[j] = i
             operands += 1
+            needed[j] = 1
+            consumers[j] = 1 if consumers[j] == 0 else 2
+            consumer[j] = i
+            if mask:
+                masked[j] = 1
             if last[j] == b:
                 merge.add((j, b))
             last[j] = b
         if lazy[i] and not unit[i] and operands > 1:
             costly[i] = 1
-    return base, merge, costly
+    return lazy, base, merge, costly
 
 
 def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node | None],
