@@ -17,6 +17,15 @@ from symad.ops import OPS
 from symad.trace import apply
 
 
+def random_case(seed: int, max_inputs: int, min_steps: int, max_steps: int):
+    """(rng, number of inputs, program, a point): below ``max_inputs`` inputs, from
+    ``min_steps`` to below ``max_steps`` steps."""
+    rng = np.random.default_rng(seed)
+    n_inputs = int(rng.integers(1, max_inputs))
+    steps = random_program(rng, n_inputs, int(rng.integers(min_steps, max_steps)))
+    return rng, n_inputs, steps, rng.uniform(-2, 2, n_inputs)
+
+
 def symad_fn(steps, n_inputs):
     def f(x):
         return run_program(steps, [x[i] for i in range(n_inputs)], apply, np.exp)
@@ -64,10 +73,7 @@ def sympy_expr(steps, syms):
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1))
 def test_random_programs_agree_with_sympy(seed):
-    rng = np.random.default_rng(seed)
-    n_inputs = int(rng.integers(1, 4))
-    steps = random_program(rng, n_inputs, int(rng.integers(1, 6)))
-    x = rng.uniform(-2, 2, n_inputs)
+    _, n_inputs, steps, x = random_case(seed, 4, 1, 6)
     f = symad_fn(steps, n_inputs)
     value, g = symad.value_and_grad(f)(x)
     # A squashed operand can land exactly on a pole (1/0): IEEE says inf, sympy says zoo.
@@ -88,11 +94,8 @@ def test_random_programs_vjp_of_two_outputs(seed):
     # Two seeded outputs that share nodes (a program and one of its prefixes) and
     # symbolic cotangents: the reverse pass's adjoints from two bases, passed on through
     # single-use nodes and added where they meet, must give c1 grad F + c2 grad G.
-    rng = np.random.default_rng(seed)
-    n_inputs = int(rng.integers(1, 4))
-    steps = random_program(rng, n_inputs, int(rng.integers(2, 12)))
+    rng, n_inputs, steps, x = random_case(seed, 4, 2, 12)
     cut = int(rng.integers(1, len(steps)))
-    x = rng.uniform(-2, 2, n_inputs)
     f, g = symad_fn(steps, n_inputs), symad_fn(steps[:cut], n_inputs)
     _, grad_f = symad.value_and_grad(f)(x)
     _, grad_g = symad.value_and_grad(g)(x)
@@ -108,10 +111,7 @@ def test_random_programs_vjp_of_two_outputs(seed):
 @example(seed=811636)   # 0/0 in the value, finite Hessian: must be rejected, not failed
 @given(st.integers(0, 2**32 - 1))
 def test_random_programs_second_order(seed):
-    rng = np.random.default_rng(seed)
-    n_inputs = int(rng.integers(1, 3))
-    steps = [s for s in random_program(rng, n_inputs, int(rng.integers(1, 5)))]
-    x = rng.uniform(-2, 2, n_inputs)
+    _, n_inputs, steps, x = random_case(seed, 3, 1, 5)
     f = symad_fn(steps, n_inputs)
     h_fwd = symad.hessian(f)(x)
     # A squashed operand exactly at a pole (0/0 = NaN in the value) leaves finite partial
