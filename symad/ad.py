@@ -35,13 +35,12 @@ def _as_node(graph: Graph, value) -> Node:
     return graph.const(value)
 
 
+_UNIT_PARTIALS = frozenset(("add", "sub", "neg"))   # d(op)/d(operand) is +1 or -1
+_SELECTING = frozenset(name for name, spec in OPS.items() if spec.selects)
+
 # Ops whose partials are plain numbers whatever the operands (add, sub, neg): found on
 # first use, so the reverse pass builds no tracers for them afterwards.
 _CONSTANT_PARTIALS: dict[str, tuple] = {}
-
-
-_UNIT_PARTIALS = frozenset(("add", "sub", "neg"))   # d(op)/d(operand) is +1 or -1
-_SELECTING = frozenset(name for name, spec in OPS.items() if spec.selects)
 
 
 def _partials(graph: Graph, node: Node):
