@@ -654,14 +654,16 @@ class _Specialization:
 # numpy operation on average (the traced function, before differentiation), compile
 # their single-call and batch kernels from the array-level graph (``symad.arrays``):
 # tracing, AD and lowering then cost per numpy operation, not per element, and the
-# kernel is a few loops. Measured value+grad (build s, call us; scalar graph -> array
-# graph): Lennard-Jones 64 (40k elements) 1.25 -> 0.06, 11.4 -> 9.9; Lennard-Jones 16
-# (2.4k) 0.18 -> 0.05, 1.04 -> 1.01; Rosenbrock 1000 (9k) 0.17 -> 0.04, 1.71 -> 1.9.
-# Below: Rosenbrock 100 (0.9k) 0.52 us on the scalar graph, 0.59 on arrays; the 4-8-1
-# network loss (2.2k elements, 15 per operation: short loops) 0.11 s and 2.6 us against
-# 0.30 s and 3.0 us.
-ARRAY_MIN_ELEMENTS = 2_000
-ARRAY_MIN_LENGTH = 50
+# kernel is a few loops. Measured value+grad (build s, single call us, batch of 10^4
+# M points/s; scalar graph -> array graph): Lennard-Jones 64 (40k elements) 1.25 ->
+# 0.06 s, 11.4 -> 9.9 us; Lennard-Jones 12 (1.3k, 55 per operation) 0.13 -> 0.045 s,
+# 0.80 -> 0.74 us, 6.5 -> 7.7; Lennard-Jones 8 (561, 23) 0.096 -> 0.047 s, 0.60 -> 0.59
+# us, 14.2 -> 16.4; Rosenbrock 100 (892, 69) 0.057 -> 0.040 s, 0.52 -> 0.56 us, 5.4 ->
+# 11.5; Rosenbrock 50 (442, 34) 0.085 -> 0.039 s, 0.54 -> 0.48 us, 22.7 -> 23.9. Below:
+# Rosenbrock 20 (172 elements) about even; the 4-8-1 network loss (2.2k elements, 15 per
+# operation: short loops) 0.13 -> 0.12 s, 2.52 -> 2.49 us, but 2.10 -> 1.64 in batches.
+ARRAY_MIN_ELEMENTS = 400
+ARRAY_MIN_LENGTH = 20
 
 
 def _specialization(owner: CompiledFunction, key, args: tuple) -> _Specialization:
