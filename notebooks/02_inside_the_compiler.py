@@ -34,10 +34,8 @@ import sympy as sp
 import symad
 from symad.ad import vjp_nodes
 from symad.dot import draw, has_graphviz, to_dot
-from symad.graph import Graph
 from symad.interp import evaluate
 from symad.ops import OPS
-from symad.trace import Tracer
 
 
 def f(x1, x2):
@@ -193,15 +191,16 @@ print(symad.symbolic_grad(f, *X))
 # $J = (1 - x) r - r x$, one:
 
 # %%
-L = Graph("logistic")
-r_in, x_in = L.input("r"), L.input("x0")
-xs = Tracer(x_in)
-L._open += 1                       # tracing by hand, as symad.api.trace_call does
-for _ in range(10):
-    xs = Tracer(r_in) * xs * (1.0 - xs)
-L._open -= 1
+def logistic(r, x):
+    for _ in range(10):
+        x = r * x * (1.0 - x)
+    return x
+
+
+Lst = symad.api.trace_call(logistic, (3.7, 0.3))
+L, (r_in, x_in) = Lst.graph, Lst.graph.inputs
 seed = L.variable("seed")          # a symbolic seed, so adjoint nodes stand out
-bar_r, bar_x0 = vjp_nodes(L, [xs.node], [seed], [r_in, x_in])
+bar_r, bar_x0 = vjp_nodes(L, Lst.outputs, [seed], [r_in, x_in])
 depth = {seed: 0}
 for n in L.nodes[seed.id + 1:]:
     if any(a in depth for a in n.args):

@@ -227,11 +227,6 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
         else:
             groups[b] = node("add", (_as_node(graph, prev), _as_node(graph, w)))
 
-    def scaled(b: Node, w) -> Node:
-        if type(w) is float and w == 1.0:
-            return b
-        return node("mul", (b, _as_node(graph, w)))
-
     for o, c in seeds:
         if dep[o.id]:
             contribute(o, c)
@@ -247,7 +242,7 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
                 ((b, w),) = groups.items()  # n passes on b with weight w: no adjoint node
             else:
                 for b, w in (groups or {}).items():
-                    contribute(n, scaled(b, w))
+                    contribute(n, _product(graph, b, w))
                 b = bar = sums.pop(n)
                 w = 1.0
                 if n in wrt_set:
@@ -266,7 +261,7 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
                     defer(a, b, _product(graph, w, p))
                     continue
                 if bar is None:
-                    bar = scaled(b, w)
+                    bar = _product(graph, b, w)
                 if type(p) is float and p == 1.0 and not spec.selects:   # bar * 1 is bar
                     contrib, is_masked = bar, n in masked
                 else:
@@ -281,7 +276,8 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
 
 
 def _product(graph: Graph, w, p):
-    """The weight ``w * p`` (nodes of forward values, or numbers)."""
+    """``w * p`` for nodes or numbers, without multiplying by 1 (a weight, or an
+    adjoint scaled by its weight)."""
     if type(w) is float:
         if w == 1.0:
             return p

@@ -125,6 +125,12 @@ def test_logistic_map_graph_is_linear_and_derivative_right():
     assert g == pytest.approx(dv, rel=1e-9)
 
 
+def _logistic(r, x, n):
+    for _ in range(n):
+        x = r * x * (1.0 - x)
+    return x
+
+
 def _adjoint_depth(graph, seed, out):
     """The longest chain of operations from ``seed`` to ``out`` (0: not reached)."""
     depth = {seed: 0}
@@ -142,21 +148,14 @@ def test_reverse_chain_multiplies_each_adjoint_once_per_step():
     # J = (1 - x) r - r x from forward values, one dependent multiplication per step,
     # and no more operations than adjoint by adjoint (six per step).
     from symad.ad import vjp_nodes
-    from symad.graph import Graph
-    from symad.trace import Tracer
 
     ops = {}
     for n in (10, 20):
-        g = Graph("logistic")
-        r, x0 = g.input("r"), g.input("x0")
-        x = Tracer(x0)
-        g._open += 1        # tracing by hand: what api.trace_call does around a function
-        for _ in range(n):
-            x = Tracer(r) * x * (1.0 - x)
-        g._open -= 1
+        st = api.trace_call(lambda r, x, n=n: _logistic(r, x, n), (3.7, 0.3))
+        g, (r, x0), x = st.graph, st.graph.inputs, st.outputs[0]
         seed = g.variable("seed")
         before = len(g.nodes)
-        bar_r, bar_x0 = vjp_nodes(g, [x.node], [seed], [r, x0])
+        bar_r, bar_x0 = vjp_nodes(g, [x], [seed], [r, x0])
         assert _adjoint_depth(g, seed, bar_x0) == n
         assert _adjoint_depth(g, seed, bar_r) <= n + 2
         ops[n] = len({m for m in g.live([bar_r, bar_x0]) if m.id >= before and m.args})
