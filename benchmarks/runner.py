@@ -292,8 +292,9 @@ def run_suite(problems, systems, budget_s: float, log=print) -> dict:
     if "symad" in systems:     # symad first: the others are compared with its gradient
         systems.remove("symad")
         systems.insert(0, "symad")
-    for pname in problems:
+    for k, pname in enumerate(problems, 1):
         prob, ref = PROBLEMS[pname], None
+        log(f"[{k}/{len(problems)}] {pname} ({prob.description})")
         for sname in systems:
             res = run_pair(sname, pname, budget_s)
             if sname == "symad" and "grad" in res:
@@ -325,6 +326,24 @@ def _short(res: dict) -> str:
     return ", ".join(parts)
 
 
+# A one-minute subset: the smallest problem and one with arrays (symad bench --quick).
+QUICK_PROBLEMS = ("closed_form", "rosenbrock_10")
+# Seconds a (problem, system) pair takes in practice: ~3 s of process start and imports
+# plus its measurements, which stop early within the budget (measured on the 2-core VM).
+TYPICAL_PAIR_S = 6.0
+
+
+def expected_seconds(n_problems: int, n_systems: int, budget_s: float, scaling: bool,
+                     scaling_budget_s: float, irregular: bool) -> float:
+    """A rough duration for the progress header: typical pairs plus the scaling runs."""
+    total = n_problems * n_systems * min(budget_s, TYPICAL_PAIR_S)
+    if scaling:
+        total += scaling_budget_s
+    if irregular:
+        total += scaling_budget_s / 2
+    return total
+
+
 def main(argv=None) -> int:
     import argparse
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split(
@@ -347,7 +366,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(HERE),
                     help="directory for RESULTS.md and results.json (default benchmarks/)")
     ap.add_argument("--list", action="store_true", help="list problems and systems")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"a subset that takes about a minute: {', '.join(QUICK_PROBLEMS)} on "
+                         "the installed systems, 8 s per pair, scaling to 10^4 nodes")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.problems = ",".join(QUICK_PROBLEMS)
+        a.systems = ",".join(s for s in SYSTEMS if SYSTEMS[s].installed())
+        a.budget = min(a.budget, 8.0)
+        a.scaling, a.scaling_irregular, a.scaling_budget = "1e3,1e4", "", 20.0
     if a.worker:
         return worker_main(a.worker[0], a.worker[1], float(a.worker[2]))
     if a.list:
@@ -369,8 +396,19 @@ def main(argv=None) -> int:
             "machine": machine(), "versions": versions(), "budget_s": a.budget,
             "command": "python -m benchmarks " + " ".join(argv if argv is not None
                                                            else sys.argv[1:])}
+    installed = [s for s in systems if SYSTEMS[s].installed()]
+    missing = [s for s in systems if s not in installed]
     print(f"symad benchmarks: {len(problems)} problems x {len(systems)} systems, "
           f"budget {a.budget:g} s per pair")
+    print(f"installed: {', '.join(installed) or 'none'}"
+          + (f"; not installed (reported as such; pip install '.[bench]'): "
+             f"{', '.join(missing)}" if missing else ""))
+    expected = expected_seconds(len(problems), len(installed), a.budget,
+                                bool(a.scaling.strip()), a.scaling_budget,
+                                bool(a.scaling_irregular.strip()))
+    print(f"expected duration: about {expected / 60:.0f} min (at most "
+          f"{len(problems) * len(installed) * a.budget / 60:.0f} min if every pair uses its "
+          "whole budget)", flush=True)
     suite = run_suite(problems, systems, a.budget)
     scaling = []
     sizes = [int(float(s)) for s in a.scaling.split(",") if s.strip()]

@@ -207,7 +207,7 @@ def _finish(st: Staged, result_nodes: Sequence[Node]) -> list:
 def _leaf(values: list, shape: tuple, nested: bool):
     if shape == ():
         v = values[0]
-        return v if nested else np.float64(v)
+        return v if nested else float(v)     # a Python float, as compiled calls return
     if nested:
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
@@ -312,7 +312,7 @@ def value_and_grad(f: Callable, argnums=0) -> Callable:
 
     >>> import numpy as np
     >>> value_and_grad(lambda x, y: np.log(x) + x * y - np.sin(y), (0, 1))(2.0, 5.0)[1]
-    (np.float64(5.5), np.float64(1.7163378145367738))
+    (5.5, 1.7163378145367738)
     """
     name = _fn_name(f)
 

@@ -40,7 +40,7 @@ def _flat(args) -> tuple[np.ndarray, Callable]:
         for s in shapes:
             n = int(np.prod(s, dtype=np.int64))
             chunk = v[i:i + n]
-            out.append(np.float64(chunk[0]) if s == () else chunk.reshape(s).copy())
+            out.append(float(chunk[0]) if s == () else chunk.reshape(s).copy())
             i += n
         return tree_unflatten(td, out)
 
