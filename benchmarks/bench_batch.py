@@ -57,7 +57,7 @@ def per_point_ns(fn, n, number=3) -> float:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     rng = np.random.default_rng(0)
-    f = symad.compile_grad(baydin)
+    f = symad.compile_grad(baydin, argnums=(0, 1))
     x1, x2 = rng.uniform(0.5, 3, (2, n))
     f.batch(x1[:4], x2[:4])
     for threads in (1, None):

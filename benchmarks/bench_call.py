@@ -51,7 +51,7 @@ def stage_line(cf) -> str:
 
 
 def main() -> None:
-    f = symad.compile_grad(baydin)
+    f = symad.compile_grad(baydin, argnums=(0, 1))
     f(2.0, 5.0)
     print(f"baydin value+grad, compiled call:     {per_call_us(f, 2.0, 5.0):6.3f} us")
     py = lambda a, b: (math.log(a) + a * b - math.sin(b), (1 / a + b, a - math.cos(b)))  # noqa: E731

@@ -30,7 +30,7 @@ def main() -> None:
                 ("rosenbrock n=1000", rosen, (rng.uniform(-2, 2, 1000),)),
                 ("lennard-jones 16", lennard_jones, (grid.reshape(-1) + 0.1,))]
     for name, fn, args in problems:
-        val, vg = symad.compile(fn), symad.compile_grad(fn)
+        val, vg = symad.compile(fn), symad.compile_grad(fn, argnums=None)
         val(*args)
         vg(*args)
         number = 20_000 if name == "baydin" else 500

@@ -26,7 +26,7 @@ def f(x1, x2):
 
 
 def main(n: int) -> None:
-    fg = symad.compile_grad(f)
+    fg = symad.compile_grad(f, argnums=(0, 1))
     chunk = max(n // 16, 1)
     rng = da.random.default_rng(0)
     x = rng.uniform(0.5, 2.0, n, chunks=chunk)

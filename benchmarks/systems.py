@@ -81,7 +81,7 @@ def build_symad(p: Problem) -> Impl:
     def f(*a):
         return p.fn(m, *a)
     f.__name__ = p.name
-    cf = symad.compile_grad(f)
+    cf = symad.compile_grad(f, argnums=None)      # every argument
     args = p.args()
     cf(*args)
 
@@ -91,7 +91,7 @@ def build_symad(p: Problem) -> Impl:
     # documented fast path for transcendentals: glibc's libmvec, four points per call,
     # within a few ulp of scalar libm (JAX's CPU backend likewise vectorises its own
     # approximations); arithmetic stays IEEE. The single calls above use the default.
-    batch_f = symad.compile_grad(f, fastmath=BATCH_FASTMATH)
+    batch_f = symad.compile_grad(f, argnums=None, fastmath=BATCH_FASTMATH)
 
     def batch(X):
         bargs = p.batch_args(X)

@@ -238,7 +238,7 @@ if compile_grad is None:
     print("symad.compile_grad is not available in this build (issue 3); "
           "the IR and assembly cells below are skipped.")
 else:
-    cf = compile_grad(f)
+    cf = compile_grad(f, argnums=None)
     value, grads = cf(*X)
     print("compiled value and gradient:", value, grads)
     kernel = next(ln.split("@")[1].split("(")[0].strip('"') for ln in cf.llvm_ir.splitlines()

@@ -48,7 +48,7 @@ def demo(args: argparse.Namespace) -> int:
           "in random directions)")
     if hasattr(symad, "compile_grad"):
         import timeit
-        f = symad.compile_grad(_baydin)
+        f = symad.compile_grad(_baydin, argnums=(0, 1))
         cv, cg = f(*x)
         print(f"\ncompiled (LLVM): value {float(cv)!r}, gradient "
               f"({float(cg[0])!r}, {float(cg[1])!r})")

@@ -135,6 +135,16 @@ def _emit_body(lower, module, graph, outputs, name: str, flags, fname: str, plan
         raise SymadError(f"cannot compile {fname}: {exc}") from exc
 
 
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning that points at the first frame outside symad."""
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _safe_name(name: str) -> str:
     s = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
     return s or "f"
@@ -270,6 +280,10 @@ class _Specialization:
         returns ``(argnums as a tuple, the Python entry's result spec or None)``."""
         from .api import _normalize_argnums
         argnums = owner._argnums
+        if argnums is _ALL_BY_DEFAULT:
+            if nargs > 1:
+                owner._warn_default_argnums(nargs)
+            argnums = None
         if argnums is None:
             argnums = 0 if nargs == 1 else tuple(range(nargs))
         nums = _normalize_argnums(argnums, nargs, owner.__name__)
@@ -885,6 +899,18 @@ class CompiledFunction:
     def __call__(self, *args):
         return self._entry(*args)
 
+    def _warn_default_argnums(self, nargs: int) -> None:
+        if getattr(self, "_warned_argnums", False):
+            return
+        self._warned_argnums = True
+        import warnings
+        warnings.warn(
+            f"compile_grad({self.__name__}) differentiates all {nargs} arguments because "
+            "no argnums was given; symad.grad and jax.grad differentiate argument 0, and "
+            "compile_grad's default will become argnums=0. Pass argnums=None to keep "
+            "differentiating every argument, or argnums=0 (or a tuple) to choose.",
+            FutureWarning, stacklevel=_user_stacklevel())
+
     def _slow_call(self, *args):
         leaves, key = _flatten_call(args)
         spec = self._specs.get(key)
@@ -1133,7 +1159,21 @@ def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001
                             cache=cache)
 
 
-def compile_grad(f: Callable | None = None, *, argnums=None, fastmath=False,
+class _AllArgumentsByDefault:
+    """compile_grad's argnums when none is given: every argument, with a FutureWarning
+    where that differs from symad.grad's (and JAX's) default, argument 0."""
+
+    def __repr__(self) -> str:
+        return "<every argument, by default>"
+
+    def __reduce__(self):
+        return "_ALL_BY_DEFAULT"
+
+
+_ALL_BY_DEFAULT = _AllArgumentsByDefault()
+
+
+def compile_grad(f: Callable | None = None, *, argnums=_ALL_BY_DEFAULT, fastmath=False,
                  opt_level="auto", cache=None):
     """Compile ``f`` and its gradient into one native function returning both.
 
@@ -1141,8 +1181,11 @@ def compile_grad(f: Callable | None = None, *, argnums=None, fastmath=False,
 
     Args:
         f: a function returning one scalar.
-        argnums: ``None`` (all positional arguments: one argument gives its gradient
-            bare, several a tuple), an int (that argument's gradient, bare) or a tuple.
+        argnums: an int (that argument's gradient, bare), a tuple of ints (a tuple of
+            gradients) or ``None`` (every positional argument: one argument gives its
+            gradient bare, several a tuple). Not given, it means ``None`` today, with a
+            ``FutureWarning`` for functions of several arguments: the default will become
+            ``0``, as for :func:`symad.grad` (and JAX). Pass it to choose.
         fastmath, opt_level, cache: as for :func:`compile`.
 
     Returns:
@@ -1152,7 +1195,7 @@ def compile_grad(f: Callable | None = None, *, argnums=None, fastmath=False,
         TypeError: a non-scalar output, a bad ``argnums`` or non-numeric arguments.
 
     >>> import numpy as np
-    >>> f = compile_grad(lambda x1, x2: np.log(x1) + x1 * x2 - np.sin(x2))
+    >>> f = compile_grad(lambda x1, x2: np.log(x1) + x1 * x2 - np.sin(x2), argnums=(0, 1))
     >>> f(2.0, 5.0)
     (11.652071455223084, (5.5, 1.7163378145367738))
     """
