@@ -1,4 +1,4 @@
-"""Command line: ``python -m symad demo`` (or the ``symad`` console script)."""
+"""Command line: ``python -m symad {demo, ir, bench, cache}`` (or the ``symad`` script)."""
 
 from __future__ import annotations
 
@@ -117,6 +117,28 @@ def bench(args: argparse.Namespace) -> int:
     return 2
 
 
+def cache(args: argparse.Namespace) -> int:
+    """Show (info) or empty (clear) the on-disk compile cache."""
+    from symad import diskcache
+
+    folder = args.dir
+    if args.action == "clear":
+        removed = diskcache.clear_cache(folder)
+        info = diskcache.cache_info(folder)
+        print(f"removed {removed} entries from {info['folder']}")
+        return 0
+    info = diskcache.cache_info(folder)
+    print(f"folder:    {info['folder']}")
+    print(f"entries:   {info['entries']}")
+    print(f"bytes:     {info['bytes']} ({info['bytes'] / 2**20:.1f} MiB)")
+    print(f"max_bytes: {info['max_bytes']} ({info['max_bytes'] / 2**20:.1f} MiB, "
+          f"{diskcache.MAX_BYTES_ENV_VAR})")
+    print(f"key_file:  {info['key_file']}")
+    if info["problem"]:
+        print(f"problem:   {info['problem']}; compiles do not use this folder")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="symad", description="symad: trace, differentiate and compile Python functions.")
@@ -140,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("rest", nargs=argparse.REMAINDER,
                          help="arguments passed on to the benchmark runner")
     p_bench.set_defaults(run=bench)
+    p_cache = sub.add_parser("cache", help="show or empty the on-disk compile cache",
+                             description=cache.__doc__)
+    p_cache.add_argument("action", nargs="?", choices=["info", "clear"], default="info")
+    p_cache.add_argument("--dir", default=None,
+                         help="the cache folder (default: SYMAD_CACHE_DIR, else "
+                         "$XDG_CACHE_HOME/symad)")
+    p_cache.set_defaults(run=cache)
     args = parser.parse_args(argv)
     return args.run(args)
 
