@@ -42,9 +42,12 @@ who can write its folder or read or write the key file: share one among processe
 one user (for example a home directory on a cluster's shared file system, with the same
 key file), never between users.
 
-Size: after each store, entries least recently used (their modification time, which a
-hit refreshes: access times are unreliable under ``noatime``) are removed until the
-folder holds at most ``SYMAD_CACHE_MAX_BYTES`` bytes (default 512 MiB; suffixes K, M, G).
+Size: once a store takes the folder past ``SYMAD_CACHE_MAX_BYTES`` bytes (default
+512 MiB; suffixes K, M, G), the least recently used entries are removed down to 90% of
+that bound. "Used" is the modification time, which a hit refreshes (access times are
+unreliable under ``noatime``). Each process scans the folder on its first store, then
+whenever its own estimate passes the bound or a minute has gone by, so concurrent
+writers can overshoot the bound briefly.
 :func:`cache_info` and :func:`clear_cache` (and ``symad cache info|clear``) inspect and
 empty a folder.
 """
@@ -89,6 +92,10 @@ _SUBDIR_NAME = re.compile(r"[0-9a-f]{2}")
 _OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
                | getattr(os, "O_CLOEXEC", 0))
 _WARNED: set[str] = set()
+# Pruning removes down to this fraction of the bound; see _after_store for rescans.
+_LOW_WATER = 0.9
+_RESCAN_SECONDS = 60.0
+_USAGE: dict[str, tuple[int, float]] = {}     # folder -> (bytes at last scan + added, when)
 
 
 class CacheWarning(RuntimeWarning):
@@ -430,7 +437,7 @@ def store(folder: str, key: str, obj: bytes, optimized_ir: str,
     except OSError as exc:
         log.warning("symad: cannot write cache entry %s: %s", path, exc)
         return
-    prune(folder, bound, keep=path)
+    _after_store(folder, len(data), bound, path)
 
 
 def _scan(folder: str):
@@ -478,28 +485,47 @@ def _remove_all(paths) -> int:
 
 
 def prune(folder: str, bound: int | None = None, *, keep: str | None = None) -> int:
-    """Remove least recently used entries until ``folder`` holds at most ``bound`` bytes.
+    """Remove least recently used entries once ``folder`` holds more than ``bound`` bytes.
 
-    Returns the number of entries removed. ``keep`` (the entry just written) is removed
-    last of all, only if it alone exceeds the bound.
+    Removes down to 90% of the bound, so that a full cache is not rescanned on every
+    store. Returns the number of entries removed. ``keep`` (the entry just written) goes
+    last of all, only if it alone exceeds the target.
     """
     bound = max_bytes() if bound is None else bound
     entries, junk = _scan(folder)
     _remove_all(junk)
     total = sum(size for _, size, _ in entries)
-    if total <= bound:
-        return 0
-    entries.sort(key=lambda e: (e[2] == keep, e[0]))
-    doomed = []
-    for _, size, path in entries:
-        if total <= bound:
-            break
-        doomed.append(path)
-        total -= size
-    removed = _remove_all(doomed)
-    log.debug("symad: pruned %d cache entries from %s (bound %d bytes)", removed, folder,
-              bound)
+    removed = 0
+    if total > bound:
+        target = int(bound * _LOW_WATER)
+        entries.sort(key=lambda e: (e[2] == keep, e[0]))
+        doomed = []
+        for _, size, path in entries:
+            if total <= target:
+                break
+            doomed.append(path)
+            total -= size
+        removed = _remove_all(doomed)
+        log.debug("symad: pruned %d cache entries from %s (bound %d bytes)", removed,
+                  folder, bound)
+    _USAGE[os.path.abspath(folder)] = (total, time.monotonic())
     return removed
+
+
+def _after_store(folder: str, added: int, bound: int, keep: str) -> None:
+    """Prune when this process's estimate of the folder's size passes the bound.
+
+    A scan stats every entry (about 10 ms per 1,000): it runs on a process's first store,
+    when the estimate (last scan plus what this process added since) exceeds the bound,
+    and at least every _RESCAN_SECONDS, which catches what other processes added.
+    """
+    folder_id = os.path.abspath(folder)
+    estimate, scanned = _USAGE.get(folder_id, (None, 0.0))
+    if (estimate is not None and estimate + added <= bound
+            and time.monotonic() - scanned < _RESCAN_SECONDS):
+        _USAGE[folder_id] = (estimate + added, scanned)
+        return
+    prune(folder, bound, keep=keep)
 
 
 def cache_info(folder: str | os.PathLike | None = None) -> dict:
@@ -550,6 +576,7 @@ def clear_cache(folder: str | os.PathLike | None = None) -> int:
     entries, junk = _scan(folder)
     _remove_all(junk)
     removed = _remove_all(path for _, _, path in entries)
+    _USAGE.pop(os.path.abspath(folder), None)
     for sub in {os.path.dirname(path) for _, _, path in entries}:
         try:
             os.rmdir(sub)                   # only if empty

@@ -148,13 +148,12 @@ def test_a_folder_or_key_file_of_another_user_is_refused(tmp_path):
     value, messages = _warnings_of(lambda: f(0.5))
     assert value == 2.0 and f.stats["disk_cache"] is None and _entries(folder) == set()
     assert len(messages) == 1 and f"owned by uid {NOBODY}" in messages[0]
-    del f
-    mine = tmp_path / "mine"
-    _compile_new_entry(f_good, mine)
+    mine, f_five = tmp_path / "mine", lambda x: 5.0 * x   # noqa: E731
+    _compile_new_entry(f_five, mine)
     os.chown(tmp_path / "config" / "cache.key", NOBODY, NOBODY)
-    g = _fresh(f_good, cache=mine)
+    g = _fresh(f_five, cache=mine)
     value, messages = _warnings_of(lambda: g(0.5))
-    assert value == 2.0 and g.stats["disk_cache"] is None
+    assert value == 2.5 and g.stats["disk_cache"] is None
     assert len(messages) == 1 and "cache key file" in messages[0]
 
 
@@ -285,6 +284,31 @@ def test_the_cache_is_pruned_least_recently_used_first(tmp_path, monkeypatch):
     assert sum(os.path.getsize(p) for p in _entries(folder)) <= bound
     info = symad.cache_info(folder)
     assert info["entries"] == 2 and info["max_bytes"] == bound
+
+
+def test_prune_goes_by_last_use_and_touches_only_what_the_cache_writes(tmp_path):
+    folder, outside = tmp_path / "cache", tmp_path / "outside"
+    (folder / "ab").mkdir(parents=True)
+    outside.mkdir()
+    names = [f"{i:x}" * 64 for i in range(10)]
+    for age, name in enumerate(names):                   # names[0] is the most recent
+        path = folder / "ab" / f"{name}.obj"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1e9 - age, 1e9 - age))
+    (outside / f"{'e' * 64}.obj").write_bytes(b"x" * 10**6)
+    os.symlink(outside, folder / "cd")                   # a linked subfolder: not entered
+    os.symlink("/dev/zero", folder / "ab" / f"{'f' * 64}.obj")
+    stale, fresh = folder / "ab" / ".tmp-old", folder / "ab" / ".tmp-new"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (1e9, 1e9))
+    fresh.write_bytes(b"being written")
+    (folder / "ab" / "readme.txt").write_text("mine")
+    # 1000 bytes over a bound of 550: down to 90% of it (495), least recently used first.
+    assert diskcache.prune(folder, 550) == 6
+    kept = sorted(p.name for p in (folder / "ab").iterdir())
+    assert kept == sorted([".tmp-new", "readme.txt"] + [f"{n}.obj" for n in names[:4]])
+    assert len(os.listdir(outside)) == 1
+    assert diskcache.prune(folder, 550) == 0             # under the bound: nothing to do
 
 
 def test_the_size_bound_from_the_environment(monkeypatch):
