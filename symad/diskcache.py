@@ -116,7 +116,8 @@ class _BadEntry(Exception):
 
 
 def _uid() -> int | None:
-    return os.getuid() if hasattr(os, "getuid") else None
+    # The effective uid: the one that owns the files this process creates.
+    return os.geteuid() if hasattr(os, "geteuid") else None
 
 
 def cache_dir(option) -> str | None:
@@ -440,13 +441,14 @@ def store(folder: str, key: str, obj: bytes, optimized_ir: str,
     _after_store(folder, len(data), bound, path)
 
 
-def _scan(folder: str):
+def _scan(folder: str) -> tuple[list[tuple[float, int, str]], list[str]]:
     """(entries as (mtime, size, path), other removable paths) of a cache folder.
 
     Looks only at two-hex-digit subfolders (never through symbolic links) and at names
     the cache writes, so pointing it at the wrong folder removes nothing else.
     """
-    entries, junk = [], []
+    entries: list[tuple[float, int, str]] = []
+    junk: list[str] = []
     now = time.time()
     try:
         subdirs = [d for d in os.scandir(folder)
@@ -528,6 +530,14 @@ def _after_store(folder: str, added: int, bound: int, keep: str) -> None:
     prune(folder, bound, keep=keep)
 
 
+def _folder(folder: str | os.PathLike | None) -> str:
+    if folder is not None:
+        return os.fspath(folder)
+    default = cache_dir(True)
+    assert default is not None              # cache_dir(True) always names a folder
+    return default
+
+
 def cache_info(folder: str | os.PathLike | None = None) -> dict:
     """What the disk cache holds: its folder, entry count, bytes and size bound.
 
@@ -539,17 +549,18 @@ def cache_info(folder: str | os.PathLike | None = None) -> dict:
         A dict with ``folder``, ``entries`` (count), ``bytes`` (their total size),
         ``max_bytes`` (the pruning bound, ``SYMAD_CACHE_MAX_BYTES``), ``key_file`` (the
         signing key's path) and ``problem`` (``None``, or why compiles would not use the
-        folder).
+        folder or key file).
 
     >>> import tempfile
     >>> info = cache_info(tempfile.mkdtemp())
     >>> info["entries"], info["bytes"], info["problem"]
     (0, 0, None)
     """
-    folder = cache_dir(True) if folder is None else os.fspath(folder)
+    folder = _folder(folder)
     problem = None
     try:
         _check_folder(folder, create=False)
+        _read_key(key_file())               # a missing key is no problem: it is made
     except _Unusable as exc:
         problem = str(exc)
     entries, _ = _scan(folder)
@@ -572,7 +583,7 @@ def clear_cache(folder: str | os.PathLike | None = None) -> int:
     >>> clear_cache(tempfile.mkdtemp())
     0
     """
-    folder = cache_dir(True) if folder is None else os.fspath(folder)
+    folder = _folder(folder)
     entries, junk = _scan(folder)
     _remove_all(junk)
     removed = _remove_all(path for _, _, path in entries)

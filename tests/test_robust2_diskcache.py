@@ -167,6 +167,7 @@ def test_a_key_file_others_can_read_is_refused(tmp_path):
     assert value == 2.0 and f.stats["disk_cache"] is None
     assert len(messages) == 1 and "readable or writable by group or others" in messages[0]
     assert f"chmod 600 {key}" in messages[0]
+    assert "cache key file" in symad.cache_info(folder)["problem"]
 
 
 # ---- item 18: whatever sits at an entry's path is opened safely -----------------------
