@@ -22,6 +22,7 @@ from .api import (
 )
 from .check import check_grad, numerical_grad
 from .compiled import CompiledFunction, compile, compile_grad
+from .diskcache import cache_info, clear_cache
 from .errors import (
     CodegenError,
     ConcretizationError,
@@ -38,7 +39,7 @@ from .trace import asarray
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "compile_grad", "CompiledFunction",
+    "compile", "compile_grad", "CompiledFunction", "cache_info", "clear_cache",
     "trace", "grad", "value_and_grad", "jvp", "vjp", "jacobian", "hessian", "hvp",
     "numerical_grad", "check_grad",
     "where", "asarray", "maximum", "minimum", "logistic", "softplus",

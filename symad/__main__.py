@@ -1,4 +1,4 @@
-"""Command line: ``python -m symad demo`` (or the ``symad`` console script)."""
+"""Command line: ``python -m symad {demo, ir, bench, cache}`` (or the ``symad`` script)."""
 
 from __future__ import annotations
 
@@ -141,11 +141,34 @@ def bench(args: argparse.Namespace) -> int:
     return 2
 
 
+def cache(args: argparse.Namespace) -> int:
+    """Show (info) or empty (clear) the on-disk compile cache."""
+    from symad import diskcache
+
+    folder = args.dir
+    if args.action == "clear":
+        removed = diskcache.clear_cache(folder)
+        info = diskcache.cache_info(folder)
+        print(f"removed {removed} entries from {info['folder']}")
+        return 0
+    info = diskcache.cache_info(folder)
+    print(f"folder:    {info['folder']}")
+    print(f"entries:   {info['entries']}")
+    print(f"bytes:     {info['bytes']} ({info['bytes'] / 2**20:.1f} MiB)")
+    print(f"max_bytes: {info['max_bytes']} ({info['max_bytes'] / 2**20:.1f} MiB, "
+          f"{diskcache.MAX_BYTES_ENV_VAR})")
+    print(f"key_file:  {info['key_file']}")
+    if info["problem"]:
+        print(f"problem:   {info['problem']}; compiles do not use this folder")
+    return 0
+
+
 _EXAMPLES = {
     "symad": """examples:
   symad demo                                      trace, differentiate and compile an example
   symad ir model.py:energy --args '[0.1, 0.2], 2.0' --show grad
-  symad bench --quick                             a one-minute benchmark subset""",
+  symad bench --quick                             a one-minute benchmark subset
+  symad cache info                                the on-disk compile cache""",
     "demo": """example:
   symad demo --ir                                 also print the optimised LLVM IR""",
     "ir": """examples (model.py defines: def energy(x, k): return k * np.sum(np.cos(x))):
@@ -154,6 +177,9 @@ _EXAMPLES = {
   symad ir model.py:energy --args '[0.1, 0.2], 2.0' --show opt   optimised LLVM IR
   symad ir mypackage.models:energy --args '[0.1], 2.0' --show asm
                                                   a function of an importable module""",
+    "cache": """examples:
+  symad cache                                     folder, entries, size and bound
+  symad cache clear --dir /some/folder            empty one cache folder""",
     "bench": """examples:
   symad bench --quick                             ~1 minute: two problems, installed systems
   symad bench --list                              problems and systems (installed or not)
@@ -201,6 +227,14 @@ def _main(argv: list[str] | None) -> int:
     p_bench.add_argument("rest", nargs=argparse.REMAINDER,
                          help="arguments passed on to the benchmark runner")
     p_bench.set_defaults(run=bench)
+    p_cache = sub.add_parser("cache", help="show or empty the on-disk compile cache",
+                             description=cache.__doc__, epilog=_EXAMPLES["cache"],
+                             formatter_class=fmt)
+    p_cache.add_argument("action", nargs="?", choices=["info", "clear"], default="info")
+    p_cache.add_argument("--dir", default=None,
+                         help="the cache folder (default: SYMAD_CACHE_DIR, else "
+                         "$XDG_CACHE_HOME/symad)")
+    p_cache.set_defaults(run=cache)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"] and not {"-h", "--help"} & set(argv[1:]):
         # The benchmark runner's own options (--quick, --list, ...) pass through untouched.

@@ -71,7 +71,7 @@ def test_a_closed_pipe_ends_quietly():
 
 
 def test_every_help_shows_an_example():
-    for sub in ((), ("demo",), ("ir",), ("bench",)):
+    for sub in ((), ("demo",), ("ir",), ("bench",), ("cache",)):
         r = run(*sub, "--help")
         assert r.returncode == 0 and "example" in r.stdout and "symad " in r.stdout
 
