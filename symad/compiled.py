@@ -139,7 +139,8 @@ def _user_stacklevel() -> int:
     """The ``stacklevel`` of a warning that points at the first frame outside symad."""
     import sys
     here = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 1
+    frame: Any = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
         frame, level = frame.f_back, level + 1
     return level
