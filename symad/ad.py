@@ -116,9 +116,10 @@ def _scale(node, masking: bool, partial: Node, seed: Node,
         if seed_masked and not _bounded(partial):
             # Either factor may be the exact zero, and the other inf: mul0's partial for
             # y is its z, a masked adjoint or tangent itself (reverse over forward, third
-            # order). mul0 keeps only its first operand's zero, so select on the other.
+            # order). mul0 keeps only its first operand's zero, so put the zero first.
+            # Both branches are products, so derivatives of this are a product's.
             zero = partial.graph.const(0.0)
-            return node("where", (node("eq", (partial, zero)), partial,
+            return node("where", (node("eq", (partial, zero)), node("mul0", (partial, seed)),
                                   node("mul0", (seed, partial)))), True
         return node("mul0", (partial, seed)), True
     if seed_masked:

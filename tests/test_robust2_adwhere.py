@@ -152,6 +152,14 @@ def test_every_order_agrees_at_kinks_compiled():
     assert stats["compiled"] == stats["array_level"] == stats["programs"] > 0
 
 
+@pytest.mark.parametrize("seed", [368, 420, 460, 763, 969, 1057, 1128])
+def test_kink_programs_found_by_a_long_run(seed):
+    # Third order, finite but wrong: the product of two possibly masked factors was once
+    # where(p == 0, p, mul0(t, p)), whose derivative at p == 0 is dp, not t dp.
+    bad = check_kink_program(seed, compiled=False)
+    assert not bad, "\n".join(bad)
+
+
 def test_the_kink_fuzz_finds_the_unmasked_forward_mode(monkeypatch):
     # Put mul0's masking back on the partial y, one-sided (as before the fix): forward-
     # over-reverse Hessians leak NaN again, and the fuzz must say so.
