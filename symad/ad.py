@@ -16,10 +16,14 @@ Adjoints that are known to be zero are never built (``None`` partials, nodes tha
 depend on the inputs, outputs with no cotangent). Selection ops (``where``, ``maximum``,
 ``minimum``) multiply with ``mul0``, which keeps an untaken branch's zero exact even when
 the branch's own partials are inf or NaN (``where(x > 0, sqrt(x), 0)`` at ``x = 0``).
+Both modes put the exact zero on the same factor: the selection's partial, or else an
+adjoint or tangent that may be such a zero; so forward-over-reverse Hessians mask as
+reverse-over-reverse ones do.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from .graph import Graph, Node
@@ -37,6 +41,11 @@ def _as_node(graph: Graph, value) -> Node:
 
 _UNIT_PARTIALS = frozenset(("add", "sub", "neg"))   # d(op)/d(operand) is +1 or -1
 _SELECTING = frozenset(name for name, spec in OPS.items() if spec.selects)
+# Per op, which partials are selections (a 0 that must stay exact against inf or NaN).
+# mul0(z, y) masks with z: its partial for z is y, any number, and the exact zero there
+# is z's own adjoint or tangent (``seed_masked``), not the partial.
+_MASKING = {name: (False, True) if name == "mul0" else (spec.selects,) * spec.arity
+            for name, spec in OPS.items()}
 
 # Ops whose partials are plain numbers whatever the operands (add, sub, neg): found on
 # first use, so the reverse pass builds no tracers for them afterwards.
@@ -72,13 +81,46 @@ def _depends(graph: Graph, wrt: Sequence[Node], lo: int, hi: int) -> bytearray:
     return dep
 
 
-def _scale(node, spec, partial: Node, seed: Node, seed_masked: bool) -> tuple[Node, bool]:
+_FLAG_OPS = frozenset(("lt", "le", "gt", "ge", "eq", "ne", "const"))
+_FLAG_ARITHMETIC = frozenset(("add", "sub", "mul", "neg"))
+
+
+def _bounded(partial: Node) -> bool:
+    """Is ``partial`` finite by construction: arithmetic on comparisons and constants, as
+    the selections' partials are (``gt(x, y) + 0.5 * eq(x, y)``)? Looks a few nodes
+    deep only; anything else may be inf."""
+    todo = [partial]
+    for _ in range(8):
+        if not todo:
+            return True
+        n = todo.pop()
+        if n.op in _FLAG_OPS:
+            if n.op == "const" and not math.isfinite(n.attrs[0]):
+                return False
+            continue
+        if n.op not in _FLAG_ARITHMETIC:
+            return False
+        todo.extend(n.args)
+    return not todo
+
+
+def _scale(node, masking: bool, partial: Node, seed: Node,
+           seed_masked: bool) -> tuple[Node, bool]:
     """``seed * partial`` and whether the result may be a masked exact zero.
 
-    A selection's partial (0 for the branch not taken) or a seed that may be such a zero
-    multiplies with ``mul0``, so that zero stays exact against an inf or NaN factor.
+    A selection's partial (``masking``: 0 for the branch not taken) or a seed that may be
+    such a zero multiplies with ``mul0``, so that zero stays exact against an inf or NaN
+    factor.
     """
-    if spec.selects:
+    if masking:
+        if seed_masked and not _bounded(partial):
+            # Either factor may be the exact zero, and the other inf: mul0's partial for
+            # y is its z, a masked adjoint or tangent itself (reverse over forward, third
+            # order). mul0 keeps only its first operand's zero, so put the zero first.
+            # Both branches are products, so derivatives of this are a product's.
+            zero = partial.graph.const(0.0)
+            return node("where", (node("eq", (partial, zero)), node("mul0", (partial, seed)),
+                                  node("mul0", (seed, partial)))), True
         return node("mul0", (partial, seed)), True
     if seed_masked:
         return node("mul0", (seed, partial)), True
@@ -252,7 +294,7 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
             spec, parts = _partials(graph, n)
             eager = spec.selects or n in masked
             base = base_of[i]
-            for a, p in zip(n.args, parts):
+            for a, p, masking in zip(n.args, parts, _MASKING[n.op]):
                 if p is None or not dep[a.id]:
                     continue
                 if type(p) is not float:
@@ -262,10 +304,10 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
                     continue
                 if bar is None:
                     bar = _product(graph, b, w)
-                if type(p) is float and p == 1.0 and not spec.selects:   # bar * 1 is bar
+                if type(p) is float and p == 1.0 and not masking:   # bar * 1 is bar
                     contrib, is_masked = bar, n in masked
                 else:
-                    contrib, is_masked = _scale(node, spec, _as_node(graph, p), bar,
+                    contrib, is_masked = _scale(node, masking, _as_node(graph, p), bar,
                                                 n in masked)
                 if is_masked:
                     masked.add(a)
@@ -305,13 +347,13 @@ def jvp_nodes(graph: Graph, outputs: Sequence[Node], wrt: Sequence[Node],
             n = nodes[i]
             if not n.args or n in tans or not any(a in tans for a in n.args):
                 continue
-            spec, parts = _partials(graph, n)
+            _, parts = _partials(graph, n)
             acc = None
-            for a, p in zip(n.args, parts):
+            for a, p, masking in zip(n.args, parts, _MASKING[n.op]):
                 t = tans.get(a)
                 if t is None or p is None:
                     continue
-                term, is_masked = _scale(node, spec, _as_node(graph, p), t, a in masked)
+                term, is_masked = _scale(node, masking, _as_node(graph, p), t, a in masked)
                 if is_masked:
                     masked.add(n)
                 acc = term if acc is None else node("add", (acc, term))

@@ -743,7 +743,7 @@ def is_operand(value) -> bool:
 
 def vjp(graph: AGraph, y: ANode, wrt: Sequence[ANode]) -> list[ANode | None]:
     """Reverse mode over array nodes: the adjoint of each ``wrt`` node (None: zero)."""
-    from .ad import _CONSTANT_PARTIALS
+    from .ad import _CONSTANT_PARTIALS, _MASKING
     lo = min((w.id for w in wrt), default=y.id + 1)
     dep = bytearray(len(graph.nodes))
     for w in wrt:
@@ -780,19 +780,21 @@ def vjp(graph: AGraph, y: ANode, wrt: Sequence[ANode]) -> list[ANode | None]:
         if parts is None:
             parts = spec.partials(*(_Operand(graph, a) for a in n.args),
                                   _Operand(graph, n), *n.attrs)
-        for a, p in zip(n.args, parts):
+        for a, p, masking in zip(n.args, parts, _MASKING[n.op]):
             if p is None or not dep[a.id]:
                 continue
             if isinstance(p, _Operand):
                 p = p.node
-            elif type(p) is float and p == 1.0 and not spec.selects:
+            elif type(p) is float and p == 1.0 and not masking:
                 _accumulate(graph, bars, a, bar)
                 if i in masked:
                     masked.add(a.id)
                 continue
             else:
                 p = graph.scalar(float(p))
-            if spec.selects:
+            # As ad._scale: the selections' partials are finite, so mul0 keeps their zero
+            # (array graphs hold no mul0 of their own to differentiate).
+            if masking:
                 contrib, is_masked = node("mul0", (p, bar)), True
             elif i in masked:
                 contrib, is_masked = node("mul0", (bar, p)), True
