@@ -114,6 +114,66 @@ def _minimum(b, args, node, flags):
     return b.select(take_x, x, y, name=f"v{node.id}")
 
 
+def _fmax(b, args, node, flags):
+    # numpy's scalar loop: (x >= y or isnan(y)) ? x : y, so a NaN operand is ignored and
+    # of two zeros the first wins. Not llvm.maxnum: it leaves the sign of a zero open.
+    x, y = args
+    take_x = b.or_(b.fcmp_ordered(">=", x, y), b.fcmp_unordered("uno", y, y))
+    return b.select(take_x, x, y, name=f"v{node.id}")
+
+
+def _fmin(b, args, node, flags):
+    x, y = args
+    take_x = b.or_(b.fcmp_ordered("<=", x, y), b.fcmp_unordered("uno", y, y))
+    return b.select(take_x, x, y, name=f"v{node.id}")
+
+
+def _intrinsic(b, name: str, args: list) -> ir.Value:
+    """Call ``llvm.NAME`` on doubles or vectors of doubles (its suffix from the type)."""
+    ty = args[0].type
+    sym = f"{name}.v{ty.count}f64" if isinstance(ty, ir.VectorType) else f"{name}.f64"
+    fn = b.module.globals.get(sym) or ir.Function(
+        b.module, ir.FunctionType(ty, [ty] * len(args)), name=sym)
+    return b.call(fn, args)
+
+
+def _divmod(b, x, y, flags):
+    """numpy's npy_divmod (floor quotient, remainder with the divisor's sign), for y != 0:
+    from C fmod (LLVM's frem), which is exact, then corrected by one where the signs differ
+    and rounded where (x - mod) / y is not quite an integer."""
+    zero = _fc(x, 0.0)
+    mod = b.frem(x, y)
+    div = b.fdiv(b.fsub(x, mod, flags=flags), y, flags=flags)
+    # NaN counts as nonzero (C's `if (mod)`), hence the unordered compares.
+    fix = b.and_(b.fcmp_unordered("!=", mod, zero),
+                 b.xor(b.fcmp_ordered("<", y, zero), b.fcmp_ordered("<", mod, zero)))
+    div = b.select(fix, b.fsub(div, _fc(x, 1.0), flags=flags), div)
+    mod = b.select(fix, b.fadd(mod, y, flags=flags), mod)
+    mod = b.select(b.fcmp_ordered("==", mod, zero), _intrinsic(b, "llvm.copysign", [zero, y]),
+                   mod)
+    floor = _intrinsic(b, "llvm.floor", [div])
+    up = b.fcmp_ordered(">", b.fsub(div, floor, flags=flags), _fc(x, 0.5))
+    floor = b.select(up, b.fadd(floor, _fc(x, 1.0), flags=flags), floor)
+    quotient = b.fdiv(x, y, flags=flags)
+    signed_zero = _intrinsic(b, "llvm.copysign", [zero, quotient])
+    floor = b.select(b.fcmp_ordered("==", div, zero), signed_zero, floor)
+    return floor, mod, quotient
+
+
+def _floordiv(b, args, node, flags):
+    x, y = args
+    floor, _, quotient = _divmod(b, x, y, flags)
+    by_zero = b.fcmp_ordered("==", y, _fc(y, 0.0))   # numpy: x / 0 (inf or NaN)
+    return b.select(by_zero, quotient, floor, name=f"v{node.id}")
+
+
+def _mod(b, args, node, flags):
+    x, y = args
+    _, mod, _ = _divmod(b, x, y, flags)
+    by_zero = b.fcmp_ordered("==", y, _fc(y, 0.0))   # numpy: fmod(x, 0), NaN
+    return b.select(by_zero, b.frem(x, y), mod, name=f"v{node.id}")
+
+
 def _compare(pred: str, ordered: bool = True) -> Callable:
     def lower(b, args, node, flags):
         cmp = b.fcmp_ordered if ordered else b.fcmp_unordered
@@ -136,6 +196,7 @@ def _mul0(b, args, node, flags):
 
 CUSTOM_LOWERINGS: dict[str, Callable] = {
     "powi": _powi, "sign": _sign, "maximum": _maximum, "minimum": _minimum,
+    "fmax": _fmax, "fmin": _fmin, "floordiv": _floordiv, "mod": _mod,
     "lt": _compare("<"), "le": _compare("<="), "gt": _compare(">"), "ge": _compare(">="),
     "eq": _compare("=="), "ne": _compare("!=", ordered=False), "where": _where,
     "mul0": _mul0,
