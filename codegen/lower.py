@@ -17,35 +17,54 @@ column-major buffers (stride N) so consecutive points are contiguous and vectori
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 from llvmlite import ir
 
 from symad.graph import Graph, Node
-from symad.ops import OPS, Custom, Instr, Intrinsic, Libm
+from symad.ops import (
+    DEFAULT_FASTMATH,  # noqa: F401  (re-exported with fastmath_flags)
+    FASTMATH_FLAGS,
+    OPS,
+    Custom,
+    Instr,
+    Intrinsic,
+    Libm,
+    enabled_flags,
+    fastmath_flags,  # noqa: F401  (codegen.fastmath_flags)
+)
 
 DOUBLE = ir.DoubleType()
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 
-# Fast-math flags offered by ``fastmath=True``. nnan/ninf are left out on purpose: they
-# let LLVM assume NaN and inf never occur, which silently changes results that numpy
-# reports as nan/inf (log(-1), 1/0). Pass an explicit tuple to opt into them.
-DEFAULT_FASTMATH = ("nsz", "arcp", "contract", "afn", "reassoc")
-ALL_FLAGS = frozenset(("nnan", "ninf", "nsz", "arcp", "contract", "afn", "reassoc", "fast"))
+# The fast-math options live with the op table (the graph's rewrites read them too).
+ALL_FLAGS = FASTMATH_FLAGS
 
 
-def fastmath_flags(fastmath) -> tuple[str, ...]:
-    """Normalise the user's ``fastmath`` option to a tuple of LLVM flag names."""
-    if fastmath is False or fastmath is None:
-        return ()
-    if fastmath is True:
-        return DEFAULT_FASTMATH
-    flags = (fastmath,) if isinstance(fastmath, str) else tuple(fastmath)
-    bad = [f for f in flags if f not in ALL_FLAGS]
-    if bad:
-        raise ValueError(f"unknown fast-math flag(s) {bad}; choose from {sorted(ALL_FLAGS)}")
-    return flags
+@functools.lru_cache(maxsize=64)
+def instruction_flags(flags: tuple) -> tuple[tuple, tuple]:
+    """(flags for arithmetic, flags for calls of math functions) from the user's
+    fast-math ``flags``. Unless nnan and ninf are on, no instruction gets flags that let
+    LLVM drop a NaN or an inf by an identity:
+
+    - calls, and arithmetic on a call's result, get no reassoc: LLVM folds exp(log x),
+      log(exp x) and exp2(log2 x) to x and exp(a) * exp(b) to exp(a + b) under it (single
+      calls gave -1 for exp(log(-1)), batches, whose libmvec calls LLVM does not fold, NaN);
+    - arithmetic with reassoc gets no nsz: reassoc and nsz together let LLVM cancel terms
+      ((x + y) - y -> x, 1 for y = inf, in InstCombine and the Reassociate pass); reassoc
+      alone still reorders sums (vectorised reductions)."""
+    on = enabled_flags(flags)
+    if {"nnan", "ninf"} <= on:
+        return flags, flags
+    arith = tuple(f for f in flags if f != "nsz") if "reassoc" in on else flags
+    return arith, tuple(f for f in flags if f != "reassoc")
+
+
+def _calls(node: Node) -> bool:
+    spec = OPS.get(node.op)      # array graphs also have gathers and sums
+    return spec is not None and isinstance(spec.lower, (Intrinsic, Libm))
 
 
 def _fconst(v: float) -> ir.Constant:
@@ -249,6 +268,10 @@ def lower_node(b: ir.IRBuilder, module: ir.Module, node: Node, args: list,
     spec = OPS.get(node.op)
     low = spec.lower
     name = f"v{node.id}"
+    if flags:
+        arith, calls = instruction_flags(flags)
+        flags = calls if isinstance(low, (Intrinsic, Libm)) or any(map(_calls, node.args)) \
+            else arith
     if isinstance(low, Instr):
         if spec.arity == 1:
             return getattr(b, low.name)(args[0], name=name, flags=flags)

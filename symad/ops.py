@@ -386,29 +386,81 @@ EXACT_RULES: dict[str, Callable] = {
 }
 
 
-def _fast_mul(g, args, attrs):
+# ---- rewrites that need fast-math flags -------------------------------------------
+# ``fastmath`` names LLVM's fast-math flags (``codegen/lower.py`` passes the same tuple to
+# LLVM). A rewrite that is not IEEE-exact runs only when every flag that licenses it is
+# named: nnan/ninf to assume NaN/inf away, nsz to ignore the sign of a zero.
+
+FASTMATH_FLAGS = frozenset(("nnan", "ninf", "nsz", "arcp", "contract", "afn", "reassoc",
+                            "fast"))
+# ``fastmath=True``: no nnan/ninf (NaN and inf stay possible), and no nsz either: LLVM
+# takes reassoc with nsz to license cancelling terms ((x + y) - y -> x, which is 1, not
+# NaN, for y = inf). ``codegen/lower.py`` keeps reassoc off math calls (``instruction_flags``).
+DEFAULT_FASTMATH = ("arcp", "contract", "afn", "reassoc")
+
+
+def fastmath_flags(fastmath) -> tuple[str, ...]:
+    """Normalise the user's ``fastmath`` option to a tuple of LLVM flag names: ``False``
+    none, ``True`` ``DEFAULT_FASTMATH``, else the flags named (one string or several)."""
+    if fastmath is False or fastmath is None:
+        return ()
+    if fastmath is True:
+        return DEFAULT_FASTMATH
+    flags = (fastmath,) if isinstance(fastmath, str) else tuple(fastmath)
+    bad = [f for f in flags if f not in FASTMATH_FLAGS]
+    if bad:
+        raise ValueError(f"unknown fast-math flag(s) {bad}; choose from "
+                         f"{sorted(FASTMATH_FLAGS)}")
+    return flags
+
+
+def enabled_flags(flags) -> frozenset:
+    """The flags in effect: ``fast`` stands for all of them."""
+    flags = frozenset(flags)
+    return FASTMATH_FLAGS if "fast" in flags else flags
+
+
+@dataclass(frozen=True, slots=True)
+class FastRule:
+    """A rewrite that is not IEEE-exact; it runs when the flags in ``needs`` are all on."""
+    rewrite: Callable
+    needs: frozenset
+
+
+def _fast_mul_zero(g, args, attrs):
     x, y = args
-    if _is(x, 0.0) or _is(y, 0.0):   # not IEEE: 0 * inf is NaN, 0 * -1 is -0
+    if _is(x, 0.0) or _is(y, 0.0):   # 0 * inf and 0 * NaN are NaN, 0 * -1 is -0
         return g.const(0.0)
-    return _mul_rule(g, args, attrs)
+    return None
 
 
-def _fast_sub(g, args, attrs):
+def _fast_sub_self(g, args, attrs):
     x, y = args
-    if x is y:                       # not IEEE: inf - inf is NaN
-        return g.const(0.0)
-    return _sub_rule(g, args, attrs)
+    return g.const(0.0) if x is y else None     # inf - inf and NaN - NaN are NaN
 
 
-def _fast_add(g, args, attrs):
+def _fast_add_zero(g, args, attrs):
     x, y = args
-    if _is(x, 0.0):                  # not IEEE: -0.0 + 0.0 is +0.0
+    if _is(x, 0.0):                  # only the sign of a zero: -0.0 + 0.0 is +0.0
         return y
     if _is(y, 0.0):
         return x
-    return _add_rule(g, args, attrs)
+    return None
 
 
-FASTMATH_RULES: dict[str, Callable] = {"mul": _fast_mul, "sub": _fast_sub, "add": _fast_add}
+FASTMATH_RULES: dict[str, tuple[FastRule, ...]] = {
+    "mul": (FastRule(_fast_mul_zero, frozenset(("nnan", "ninf", "nsz"))),),
+    "sub": (FastRule(_fast_sub_self, frozenset(("nnan", "ninf"))),),
+    "add": (FastRule(_fast_add_zero, frozenset(("nsz",))),),
+}
+
+
+def fastmath_rules(flags) -> dict[str, tuple[Callable, ...]]:
+    """The rewrites of ``FASTMATH_RULES`` that the fast-math ``flags`` license, by op."""
+    on = enabled_flags(flags)
+    found = {op: tuple(r.rewrite for r in rules if r.needs <= on)
+             for op, rules in FASTMATH_RULES.items()}
+    return {op: rules for op, rules in found.items() if rules}
+
 
 DIFFERENTIABLE_OPS = tuple(n for n, s in OPS.items() if s.arity > 0)

@@ -10,6 +10,7 @@ import pytest
 
 import symad
 from symad import compiled
+from symad.graph import Graph
 
 pytest.importorskip("llvmlite")
 
@@ -172,3 +173,68 @@ def test_array_level_kernels_are_numpys(name, always_arrays):
         gs = symad.grad(lambda a, b: np.sum(f(a, b)), (0, 1))(*pt)
         for a, b in zip(ga, gs):
             np.testing.assert_array_equal(a, b)
+
+
+# ---- item 9: fast-math keeps NaN and inf unless nnan/ninf are named ----------------------
+
+FOLDS = {   # identities LLVM applies under reassoc (with nsz), and a point where they lose
+    "exp(log x)": (lambda x, y: np.exp(np.log(x)), -1.0, 0.0),          # NaN -> -1
+    "exp2(log2 x)": (lambda x, y: np.exp2(np.log2(x)), -1.0, 0.0),
+    "log(exp x)": (lambda x, y: np.log(np.exp(x)), 1000.0, 0.0),         # inf -> 1000
+    "exp(x) * exp(y)": (lambda x, y: np.exp(x) * np.exp(y), 1000.0, -1000.0),  # NaN -> 1
+    "x**y * x": (lambda x, y: x ** y * x, 0.0, -1.0),                   # NaN -> 1
+    "(x + y) - y": (lambda x, y: (x + y) - y, 1.0, np.inf),             # NaN -> 1
+    "x - x": (lambda x, y: x - x, np.inf, 0.0),
+    "x * 0": (lambda x, y: x * 0.0, np.inf, 0.0),
+}
+FLAG_SETS = [True, ("reassoc", "nsz"), ("nsz", "arcp", "contract", "afn", "reassoc")]
+
+
+@pytest.mark.parametrize("name", sorted(FOLDS))
+@pytest.mark.parametrize("fastmath", FLAG_SETS, ids=str)
+def test_fastmath_single_calls_and_batches_keep_nan_and_inf(name, fastmath):
+    f, x, y = FOLDS[name]
+    with np.errstate(all="ignore"):
+        want = f(np.float64(x), np.float64(y))
+    cf = symad.compile(f, fastmath=fastmath)
+    _same([cf(x, y)], [want])
+    _same(cf.batch(np.full(11, x), np.full(11, y)), want)
+
+
+def test_nnan_and_ninf_named_allow_the_folds():
+    f = symad.compile(lambda x: np.exp(np.log(x)), fastmath=("fast",))
+    assert f(-1.0) == -1.0               # what the user asked for: NaN assumed away
+
+
+def test_graph_rewrites_run_only_under_the_flags_that_make_them_valid():
+    def rewritten(flags, op, operands):
+        g = Graph("t", fastmath=flags)
+        x = g.input()
+        args = [x if a == "x" else g.const(a) for a in operands]
+        return g.node(op, args).op
+    # x * 0 -> 0 needs nnan, ninf and nsz (inf * 0 is NaN, -1 * 0 is -0)
+    assert rewritten(True, "mul", ("x", 0.0)) == "mul"
+    assert rewritten(("nnan", "ninf"), "mul", ("x", 0.0)) == "mul"
+    assert rewritten(("nnan", "ninf", "nsz"), "mul", ("x", 0.0)) == "const"
+    # x - x -> 0 needs nnan and ninf (inf - inf is NaN)
+    assert rewritten(True, "sub", ("x", "x")) == "sub"
+    assert rewritten(("nnan",), "sub", ("x", "x")) == "sub"
+    assert rewritten(("nnan", "ninf"), "sub", ("x", "x")) == "const"
+    assert rewritten("fast", "sub", ("x", "x")) == "const"
+    # x + 0 -> x needs nsz only (-0.0 + 0.0 is +0.0; NaN and inf pass through)
+    assert rewritten(False, "add", ("x", 0.0)) == "add"
+    assert rewritten(True, "add", ("x", 0.0)) == "add"
+    assert rewritten(("nsz",), "add", ("x", 0.0)) == "input"
+    with pytest.raises(ValueError, match="nonsense"):
+        Graph("t", fastmath=("nonsense",))
+
+
+def test_instruction_flags_split():
+    from symad.codegen.lower import instruction_flags
+    arith, calls = instruction_flags(("arcp", "contract", "afn", "reassoc"))
+    assert "reassoc" in arith and "reassoc" not in calls and "afn" in calls
+    arith, calls = instruction_flags(("reassoc", "nsz"))
+    assert arith == ("reassoc",) and calls == ("nsz",)
+    assert instruction_flags(("fast",)) == (("fast",), ("fast",))
+    every = ("nnan", "ninf", "nsz", "reassoc")
+    assert instruction_flags(every) == (every, every)
