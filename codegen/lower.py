@@ -156,10 +156,12 @@ def _intrinsic(b, name: str, args: list) -> ir.Value:
     return b.call(fn, args)
 
 
-def _divmod(b, x, y, flags):
+def _divmod(b, x, y):
     """numpy's npy_divmod (floor quotient, remainder with the divisor's sign), for y != 0:
     from C fmod (LLVM's frem), which is exact, then corrected by one where the signs differ
-    and rounded where (x - mod) / y is not quite an integer."""
+    and rounded where (x - mod) / y is not quite an integer. No fast-math flags: the
+    corrections rely on exact IEEE rounding (under arcp the quotient was off by one)."""
+    flags = ()
     zero = _fc(x, 0.0)
     mod = b.frem(x, y)
     div = b.fdiv(b.fsub(x, mod, flags=flags), y, flags=flags)
@@ -181,14 +183,14 @@ def _divmod(b, x, y, flags):
 
 def _floordiv(b, args, node, flags):
     x, y = args
-    floor, _, quotient = _divmod(b, x, y, flags)
+    floor, _, quotient = _divmod(b, x, y)
     by_zero = b.fcmp_ordered("==", y, _fc(y, 0.0))   # numpy: x / 0 (inf or NaN)
     return b.select(by_zero, quotient, floor, name=f"v{node.id}")
 
 
 def _mod(b, args, node, flags):
     x, y = args
-    _, mod, _ = _divmod(b, x, y, flags)
+    _, mod, _ = _divmod(b, x, y)
     by_zero = b.fcmp_ordered("==", y, _fc(y, 0.0))   # numpy: fmod(x, 0), NaN
     return b.select(by_zero, b.frem(x, y), mod, name=f"v{node.id}")
 

@@ -105,6 +105,21 @@ def test_the_reported_cases():
     assert symad.compile(np.fmin)(2.0, np.nan) == 2.0
 
 
+@pytest.mark.parametrize("fastmath", [True, ("reassoc", "nsz", "arcp", "contract")], ids=str)
+def test_floor_division_stays_exact_under_fastmath(fastmath):
+    # npy_divmod's corrections need exact rounding: under arcp they were off by one
+    rng = np.random.default_rng(3)
+    ex, ey = _pairs()      # 1 / y overflows for subnormal y: x * (1 / y) is not x / y
+    x = np.concatenate([rng.uniform(-30, 30, 600), ex, [0.0, 1.0, -7.0]])
+    y = np.concatenate([rng.uniform(-3, 3, 600), ey, [-1e-310, -1e-310, 3e-320]])
+    for f, ref in ((lambda a, b: a // b, np.floor_divide), (lambda a, b: a % b, np.remainder)):
+        cf = symad.compile(f, fastmath=fastmath)
+        with np.errstate(all="ignore"):
+            want = ref(x, y)
+        _same(cf.batch(x, y), want)
+        _same([cf(a, b) for a, b in zip(x[::5], y[::5])], want[::5])
+
+
 def test_divmod_gradients():
     g = symad.grad(lambda x, y: x % y, (0, 1))
     assert g(1.0, 0.1) == (1.0, -9.0)                  # d/dy = -(x // y), not -10
