@@ -246,7 +246,7 @@ def _callee(module: ir.Module, low, arity: int) -> ir.Function:
 
 
 # Intrinsics that lower to plain vector instructions (no library call) on x86-64.
-_VECTOR_NATIVE = frozenset(("llvm.sqrt", "llvm.fabs", "llvm.floor"))
+_VECTOR_NATIVE = frozenset(("llvm.sqrt", "llvm.fabs", "llvm.floor", "llvm.copysign"))
 
 
 def vector_symbol(low, arity: int, width: int = 4) -> str | None:

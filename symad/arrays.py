@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import composite
 from .ops import OPS
 from .tree import tree_flatten
 
@@ -692,7 +693,12 @@ _UFUNCS = {
     "greater_equal": _binary("ge"), "equal": _binary("eq"), "not_equal": _binary("ne"),
     "erf": _unary("erf"), "matmul": _matmul,
     "exp2": _unary("exp2"), "log2": _unary("log2"), "log10": _unary("log10"),
-    "hypot": _binary("hypot"), "conjugate": lambda x: x,
+    "hypot": _binary("hypot"), "copysign": _binary("copysign"), "conjugate": lambda x: x,
+    "logaddexp": lambda x, y: composite.logaddexp(x, y, _where),
+    "logaddexp2": lambda x, y: composite.logaddexp2(x, y, _where),
+    "heaviside": lambda x, h0: composite.heaviside(x, h0, _where),
+    "deg2rad": composite.deg2rad, "radians": composite.deg2rad,
+    "rad2deg": composite.rad2deg, "degrees": composite.rad2deg,
 }
 
 _FUNCTIONS = {

@@ -75,7 +75,7 @@ add, sub, mul, div, neg = _op("add"), _op("sub"), _op("mul"), _op("div"), _op("n
 exp, log, sqrt, sin, cos = _op("exp"), _op("log"), _op("sqrt"), _op("sin"), _op("cos")
 sinh, cosh, sign = _op("sinh"), _op("cosh"), _op("sign")
 lt, gt, eq, ne = _op("lt"), _op("gt"), _op("eq"), _op("ne")
-floordiv = _op("floordiv")
+floordiv, copysign = _op("floordiv"), _op("copysign")
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 _LN2 = math.log(2.0)
@@ -228,6 +228,12 @@ OPS = op_table(
            convention="abs'(0) = 0 (sign(0) = 0)"),
     OpSpec("sign", 1, np.sign, lambda x, out: (None,), sp.sign, Custom(),
            convention="sign' = 0 everywhere, also at 0"),
+    # |x| with the sign bit of y (also of -0.0 and NaN), so d/dx is copysign(1, y) for
+    # x > 0: sign(y) would be 0 at y = ±0.
+    OpSpec("copysign", 2, np.copysign,
+           lambda x, y, out: (sign(x) * copysign(1.0, y), None),
+           lambda x, y: sp.Abs(x) * sp.sign(y), Intrinsic("llvm.copysign"),
+           convention="copysign: d/dx = ±sign(x) (0 at x = 0), d/dy = 0"),
     OpSpec("floor", 1, np.floor, lambda x, out: (None,), sp.floor, Intrinsic("llvm.floor"),
            convention="floor' = 0 everywhere, also at integers"),
     OpSpec("maximum", 2, np.maximum,

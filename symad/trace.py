@@ -13,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from . import arrays
+from . import arrays, composite
 from .errors import ConcretizationError, LeakedTracerError, TracingError, UnsupportedOpError
 from .graph import Graph, Node
 from .ops import OPS
@@ -376,7 +376,12 @@ UFUNCS = {
     "floor_divide": _binary("floordiv"), "remainder": _binary("mod"), "fmod": _binary("fmod"),
     "less": _binary("lt"), "less_equal": _binary("le"), "greater": _binary("gt"),
     "greater_equal": _binary("ge"), "equal": _binary("eq"), "not_equal": _binary("ne"),
-    "hypot": _binary("hypot"),
+    "hypot": _binary("hypot"), "copysign": _binary("copysign"),
+    "logaddexp": lambda x, y: composite.logaddexp(x, y, where),
+    "logaddexp2": lambda x, y: composite.logaddexp2(x, y, where),
+    "heaviside": lambda x, h0: composite.heaviside(x, h0, where),
+    "deg2rad": composite.deg2rad, "radians": composite.deg2rad,
+    "rad2deg": composite.rad2deg, "degrees": composite.rad2deg,
     "erf": _unary("erf"),   # scipy.special.erf is a ufunc named "erf"
     "conjugate": lambda x: x,
 }
