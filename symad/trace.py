@@ -123,6 +123,13 @@ class Tracer:
     def log(self): return apply("log", (self,))
     def log1p(self): return apply("log1p", (self,))
     def sqrt(self): return apply("sqrt", (self,))
+    def log2(self): return apply("log2", (self,))
+    def log10(self): return apply("log10", (self,))
+    def exp2(self): return apply("exp2", (self,))
+    def arcsinh(self): return apply("asinh", (self,))
+    def arccosh(self): return apply("acosh", (self,))
+    def arctanh(self): return apply("atanh", (self,))
+    def cbrt(self): return apply("cbrt", (self,))
     def arctan2(self, x): return apply("atan2", (self, x))
     def conjugate(self): return self
 
