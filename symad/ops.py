@@ -127,6 +127,12 @@ def _sp_fmod(x, y):
     return sp.sign(x) * sp.Mod(sp.Abs(x), sp.Abs(y))
 
 
+def _sp_copysign(x, y):
+    # the sign of y as a step that is +1 at y = 0 (sympy's sign(0) is 0; copysign(x, +0.0)
+    # is |x|)
+    return sp.Abs(x) * (1 - 2 * sp.Heaviside(-y, 0))
+
+
 def _where_np(c, a, b):
     return np.where(np.asarray(c) != 0, a, b)
 
@@ -232,7 +238,7 @@ OPS = op_table(
     # x > 0: sign(y) would be 0 at y = ±0.
     OpSpec("copysign", 2, np.copysign,
            lambda x, y, out: (sign(x) * copysign(1.0, y), None),
-           lambda x, y: sp.Abs(x) * sp.sign(y), Intrinsic("llvm.copysign"),
+           _sp_copysign, Intrinsic("llvm.copysign"),
            convention="copysign: d/dx = ±sign(x) (0 at x = 0), d/dy = 0"),
     OpSpec("floor", 1, np.floor, lambda x, out: (None,), sp.floor, Intrinsic("llvm.floor"),
            convention="floor' = 0 everywhere, also at integers"),
