@@ -17,35 +17,54 @@ column-major buffers (stride N) so consecutive points are contiguous and vectori
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 from llvmlite import ir
 
 from symad.graph import Graph, Node
-from symad.ops import OPS, Custom, Instr, Intrinsic, Libm
+from symad.ops import (
+    DEFAULT_FASTMATH,  # noqa: F401  (re-exported with fastmath_flags)
+    FASTMATH_FLAGS,
+    OPS,
+    Custom,
+    Instr,
+    Intrinsic,
+    Libm,
+    enabled_flags,
+    fastmath_flags,  # noqa: F401  (codegen.fastmath_flags)
+)
 
 DOUBLE = ir.DoubleType()
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 
-# Fast-math flags offered by ``fastmath=True``. nnan/ninf are left out on purpose: they
-# let LLVM assume NaN and inf never occur, which silently changes results that numpy
-# reports as nan/inf (log(-1), 1/0). Pass an explicit tuple to opt into them.
-DEFAULT_FASTMATH = ("nsz", "arcp", "contract", "afn", "reassoc")
-ALL_FLAGS = frozenset(("nnan", "ninf", "nsz", "arcp", "contract", "afn", "reassoc", "fast"))
+# The fast-math options live with the op table (the graph's rewrites read them too).
+ALL_FLAGS = FASTMATH_FLAGS
 
 
-def fastmath_flags(fastmath) -> tuple[str, ...]:
-    """Normalise the user's ``fastmath`` option to a tuple of LLVM flag names."""
-    if fastmath is False or fastmath is None:
-        return ()
-    if fastmath is True:
-        return DEFAULT_FASTMATH
-    flags = (fastmath,) if isinstance(fastmath, str) else tuple(fastmath)
-    bad = [f for f in flags if f not in ALL_FLAGS]
-    if bad:
-        raise ValueError(f"unknown fast-math flag(s) {bad}; choose from {sorted(ALL_FLAGS)}")
-    return flags
+@functools.lru_cache(maxsize=64)
+def instruction_flags(flags: tuple) -> tuple[tuple, tuple]:
+    """(flags for arithmetic, flags for calls of math functions) from the user's
+    fast-math ``flags``. Unless nnan and ninf are on, no instruction gets flags that let
+    LLVM drop a NaN or an inf by an identity:
+
+    - calls, and arithmetic on a call's result, get no reassoc: LLVM folds exp(log x),
+      log(exp x) and exp2(log2 x) to x and exp(a) * exp(b) to exp(a + b) under it (single
+      calls gave -1 for exp(log(-1)), batches, whose libmvec calls LLVM does not fold, NaN);
+    - arithmetic with reassoc gets no nsz: reassoc and nsz together let LLVM cancel terms
+      ((x + y) - y -> x, 1 for y = inf, in InstCombine and the Reassociate pass); reassoc
+      alone still reorders sums (vectorised reductions)."""
+    on = enabled_flags(flags)
+    if {"nnan", "ninf"} <= on:
+        return flags, flags
+    arith = tuple(f for f in flags if f != "nsz") if "reassoc" in on else flags
+    return arith, tuple(f for f in flags if f != "reassoc")
+
+
+def _calls(node: Node) -> bool:
+    spec = OPS.get(node.op)      # array graphs also have gathers and sums
+    return spec is not None and isinstance(spec.lower, (Intrinsic, Libm))
 
 
 def _fconst(v: float) -> ir.Constant:
@@ -114,6 +133,68 @@ def _minimum(b, args, node, flags):
     return b.select(take_x, x, y, name=f"v{node.id}")
 
 
+def _fmax(b, args, node, flags):
+    # numpy's scalar loop: (x >= y or isnan(y)) ? x : y, so a NaN operand is ignored and
+    # of two zeros the first wins. Not llvm.maxnum: it leaves the sign of a zero open.
+    x, y = args
+    take_x = b.or_(b.fcmp_ordered(">=", x, y), b.fcmp_unordered("uno", y, y))
+    return b.select(take_x, x, y, name=f"v{node.id}")
+
+
+def _fmin(b, args, node, flags):
+    x, y = args
+    take_x = b.or_(b.fcmp_ordered("<=", x, y), b.fcmp_unordered("uno", y, y))
+    return b.select(take_x, x, y, name=f"v{node.id}")
+
+
+def _intrinsic(b, name: str, args: list) -> ir.Value:
+    """Call ``llvm.NAME`` on doubles or vectors of doubles (its suffix from the type)."""
+    ty = args[0].type
+    sym = f"{name}.v{ty.count}f64" if isinstance(ty, ir.VectorType) else f"{name}.f64"
+    fn = b.module.globals.get(sym) or ir.Function(
+        b.module, ir.FunctionType(ty, [ty] * len(args)), name=sym)
+    return b.call(fn, args)
+
+
+def _divmod(b, x, y):
+    """numpy's npy_divmod (floor quotient, remainder with the divisor's sign), for y != 0:
+    from C fmod (LLVM's frem), which is exact, then corrected by one where the signs differ
+    and rounded where (x - mod) / y is not quite an integer. No fast-math flags: the
+    corrections rely on exact IEEE rounding (under arcp the quotient was off by one)."""
+    flags = ()
+    zero = _fc(x, 0.0)
+    mod = b.frem(x, y)
+    div = b.fdiv(b.fsub(x, mod, flags=flags), y, flags=flags)
+    # NaN counts as nonzero (C's `if (mod)`), hence the unordered compares.
+    fix = b.and_(b.fcmp_unordered("!=", mod, zero),
+                 b.xor(b.fcmp_ordered("<", y, zero), b.fcmp_ordered("<", mod, zero)))
+    div = b.select(fix, b.fsub(div, _fc(x, 1.0), flags=flags), div)
+    mod = b.select(fix, b.fadd(mod, y, flags=flags), mod)
+    mod = b.select(b.fcmp_ordered("==", mod, zero), _intrinsic(b, "llvm.copysign", [zero, y]),
+                   mod)
+    floor = _intrinsic(b, "llvm.floor", [div])
+    up = b.fcmp_ordered(">", b.fsub(div, floor, flags=flags), _fc(x, 0.5))
+    floor = b.select(up, b.fadd(floor, _fc(x, 1.0), flags=flags), floor)
+    quotient = b.fdiv(x, y, flags=flags)
+    signed_zero = _intrinsic(b, "llvm.copysign", [zero, quotient])
+    floor = b.select(b.fcmp_ordered("==", div, zero), signed_zero, floor)
+    return floor, mod, quotient
+
+
+def _floordiv(b, args, node, flags):
+    x, y = args
+    floor, _, quotient = _divmod(b, x, y)
+    by_zero = b.fcmp_ordered("==", y, _fc(y, 0.0))   # numpy: x / 0 (inf or NaN)
+    return b.select(by_zero, quotient, floor, name=f"v{node.id}")
+
+
+def _mod(b, args, node, flags):
+    x, y = args
+    _, mod, _ = _divmod(b, x, y)
+    by_zero = b.fcmp_ordered("==", y, _fc(y, 0.0))   # numpy: fmod(x, 0), NaN
+    return b.select(by_zero, b.frem(x, y), mod, name=f"v{node.id}")
+
+
 def _compare(pred: str, ordered: bool = True) -> Callable:
     def lower(b, args, node, flags):
         cmp = b.fcmp_ordered if ordered else b.fcmp_unordered
@@ -136,6 +217,7 @@ def _mul0(b, args, node, flags):
 
 CUSTOM_LOWERINGS: dict[str, Callable] = {
     "powi": _powi, "sign": _sign, "maximum": _maximum, "minimum": _minimum,
+    "fmax": _fmax, "fmin": _fmin, "floordiv": _floordiv, "mod": _mod,
     "lt": _compare("<"), "le": _compare("<="), "gt": _compare(">"), "ge": _compare(">="),
     "eq": _compare("=="), "ne": _compare("!=", ordered=False), "where": _where,
     "mul0": _mul0,
@@ -164,7 +246,7 @@ def _callee(module: ir.Module, low, arity: int) -> ir.Function:
 
 
 # Intrinsics that lower to plain vector instructions (no library call) on x86-64.
-_VECTOR_NATIVE = frozenset(("llvm.sqrt", "llvm.fabs", "llvm.floor"))
+_VECTOR_NATIVE = frozenset(("llvm.sqrt", "llvm.fabs", "llvm.floor", "llvm.copysign"))
 
 
 def vector_symbol(low, arity: int, width: int = 4) -> str | None:
@@ -188,6 +270,10 @@ def lower_node(b: ir.IRBuilder, module: ir.Module, node: Node, args: list,
     spec = OPS.get(node.op)
     low = spec.lower
     name = f"v{node.id}"
+    if flags:
+        arith, calls = instruction_flags(flags)
+        flags = calls if isinstance(low, (Intrinsic, Libm)) or any(map(_calls, node.args)) \
+            else arith
     if isinstance(low, Instr):
         if spec.arity == 1:
             return getattr(b, low.name)(args[0], name=name, flags=flags)

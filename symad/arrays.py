@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import composite
 from .ops import OPS
 from .tree import tree_flatten
 
@@ -289,7 +290,7 @@ def _simplify(g: AGraph, op, args, attrs, size):
             return keep(a if (uc != 0 or math.isnan(uc)) else b)
         if a is b:
             return keep(a)
-    elif op in ("maximum", "minimum") and args[0] is args[1]:
+    elif op in ("maximum", "minimum", "fmax", "fmin") and args[0] is args[1]:
         return args[0]
     return None
 
@@ -389,6 +390,10 @@ class AArray:
     def __rmul__(self, o): return _elementwise("mul", o, self)
     def __truediv__(self, o): return _elementwise("div", self, o)
     def __rtruediv__(self, o): return _elementwise("div", o, self)
+    def __floordiv__(self, o): return _elementwise("floordiv", self, o)
+    def __rfloordiv__(self, o): return _elementwise("floordiv", o, self)
+    def __mod__(self, o): return _elementwise("mod", self, o)
+    def __rmod__(self, o): return _elementwise("mod", o, self)
     def __pow__(self, o): return _power(self, o)
     def __rpow__(self, o): return _power(o, self)
     def __neg__(self): return _elementwise("neg", self)
@@ -677,16 +682,23 @@ _UFUNCS = {
     "sin": _unary("sin"), "cos": _unary("cos"), "tan": _unary("tan"),
     "arcsin": _unary("asin"), "arccos": _unary("acos"), "arctan": _unary("atan"),
     "arctan2": _binary("atan2"), "sinh": _unary("sinh"), "cosh": _unary("cosh"),
-    "tanh": _unary("tanh"), "absolute": _unary("abs"), "fabs": _unary("abs"),
+    "tanh": _unary("tanh"), "arcsinh": _unary("asinh"), "arccosh": _unary("acosh"),
+    "arctanh": _unary("atanh"), "cbrt": _unary("cbrt"), "absolute": _unary("abs"),
+    "fabs": _unary("abs"),
     "sign": _unary("sign"), "floor": _unary("floor"), "ceil": _ceil,
     "maximum": _binary("maximum"), "minimum": _binary("minimum"),
-    "fmax": _binary("maximum"), "fmin": _binary("minimum"),
+    "fmax": _binary("fmax"), "fmin": _binary("fmin"),
+    "floor_divide": _binary("floordiv"), "remainder": _binary("mod"), "fmod": _binary("fmod"),
     "less": _binary("lt"), "less_equal": _binary("le"), "greater": _binary("gt"),
     "greater_equal": _binary("ge"), "equal": _binary("eq"), "not_equal": _binary("ne"),
     "erf": _unary("erf"), "matmul": _matmul,
-    "exp2": lambda x: _power(2.0, x), "log2": lambda x: _unary("log")(x) / math.log(2.0),
-    "log10": lambda x: _unary("log")(x) / math.log(10.0),
-    "hypot": lambda x, y: _unary("sqrt")(x * x + y * y), "conjugate": lambda x: x,
+    "exp2": _unary("exp2"), "log2": _unary("log2"), "log10": _unary("log10"),
+    "hypot": _binary("hypot"), "copysign": _binary("copysign"), "conjugate": lambda x: x,
+    "logaddexp": lambda x, y: composite.logaddexp(x, y, _where),
+    "logaddexp2": lambda x, y: composite.logaddexp2(x, y, _where),
+    "heaviside": lambda x, h0: composite.heaviside(x, h0, _where),
+    "deg2rad": composite.deg2rad, "radians": composite.deg2rad,
+    "rad2deg": composite.rad2deg, "degrees": composite.rad2deg,
 }
 
 _FUNCTIONS = {

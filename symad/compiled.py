@@ -1140,8 +1140,10 @@ def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001
 
     Args:
         f: a numeric function of numbers/arrays (or pytrees of them).
-        fastmath: ``False`` (IEEE, default), ``True`` (``nsz arcp contract afn reassoc``;
-            never ``nnan``/``ninf``) or an explicit tuple of LLVM fast-math flags.
+        fastmath: ``False`` (IEEE, default), ``True`` (``arcp contract afn reassoc``;
+            never ``nnan``/``ninf``, and no rewrite that drops a NaN or an inf: see
+            ``codegen.lower.instruction_flags``) or an explicit tuple of LLVM fast-math
+            flags.
         opt_level: 0..3, or ``"auto"`` (O3, falling back to cheap code generation for
             very large graphs).
         cache: the on-disk compile cache (:mod:`symad.diskcache`): ``None`` follows the

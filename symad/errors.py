@@ -52,7 +52,7 @@ class UnsupportedOpError(SymadError, NotImplementedError):
     ``symad.trace.ARRAY_FUNCTIONS``. Rewrite the computation with supported operations,
     or add an op (see ``symad.extend``)::
 
-        np.hypot(x, y)  ->  np.sqrt(x * x + y * y)
+        np.sinc(x)  ->  symad.where(x == 0, 1.0, np.sin(np.pi * x) / (np.pi * x))
     """
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SymadError, TracingError
-from .ops import EXACT_RULES, FASTMATH_RULES, OPS
+from .ops import EXACT_RULES, OPS, fastmath_flags, fastmath_rules
 
 
 class Node:
@@ -86,15 +86,18 @@ class Graph:
         nodes: every node in creation (= topological) order.
         inputs: the input nodes, in argument order (flattened).
         outputs: the output nodes (flattened), set by :func:`symad.trace`.
-        fastmath: when true, the rewrites in ``ops.FASTMATH_RULES`` run too.
+        fastmath: the fast-math flags (``ops.fastmath_flags``: ``True`` is
+            ``ops.DEFAULT_FASTMATH``); the rewrites of ``ops.FASTMATH_RULES`` that they
+            license run too.
     """
 
-    def __init__(self, name: str = "f", fastmath: bool = False):
+    def __init__(self, name: str = "f", fastmath=False):
         self.name = name
         self.nodes: list[Node] = []
         self.inputs: list[Node] = []
         self.outputs: list[Node] = []
-        self.fastmath = fastmath
+        self.fastmath = fastmath_flags(fastmath)
+        self._fast_rules = fastmath_rules(self.fastmath)
         self._table: dict[tuple, Node] = {}
         self._open = 0  # >0 while a trace or an AD pass may add nodes through tracers
         # Ids of the additions the reverse pass made to sum a gradient's contributions
@@ -183,9 +186,8 @@ class Graph:
             rewritten = rule(self, args, attrs)
             if rewritten is not None:
                 return rewritten
-        if self.fastmath:
-            rule = FASTMATH_RULES.get(op)
-            if rule is not None:
+        if self._fast_rules:
+            for rule in self._fast_rules.get(op, ()):
                 rewritten = rule(self, args, attrs)
                 if rewritten is not None:
                     return rewritten

@@ -75,8 +75,12 @@ add, sub, mul, div, neg = _op("add"), _op("sub"), _op("mul"), _op("div"), _op("n
 exp, log, sqrt, sin, cos = _op("exp"), _op("log"), _op("sqrt"), _op("sin"), _op("cos")
 sinh, cosh, sign = _op("sinh"), _op("cosh"), _op("sign")
 lt, gt, eq, ne = _op("lt"), _op("gt"), _op("eq"), _op("ne")
+floordiv, copysign = _op("floordiv"), _op("copysign")
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+_LN2 = math.log(2.0)
+_INV_LN2 = 1.0 / math.log(2.0)
+_INV_LN10 = 1.0 / math.log(10.0)
 
 
 def _div_partials(x, y, out):
@@ -110,6 +114,23 @@ def _sp_eq(x, y): return 1 - _sp_ne(x, y)
 def _half_tie(x, y, win):
     # maximum/minimum split a tie evenly, so the gradient of max(x, x) is 1 in total.
     return win(x, y) + 0.5 * eq(x, y)
+
+
+def _nan_tie(x, y, win):
+    # fmax/fmin return the operand that is not NaN, so it takes the whole gradient; a tie
+    # splits it evenly as in maximum/minimum. Both NaN: no gradient.
+    return win(x, y) + 0.5 * eq(x, y) + ne(y, y) * eq(x, x)
+
+
+def _sp_fmod(x, y):
+    # C fmod truncates the quotient: the sign of the dividend, the size of |x| mod |y|.
+    return sp.sign(x) * sp.Mod(sp.Abs(x), sp.Abs(y))
+
+
+def _sp_copysign(x, y):
+    # the sign of y as a step that is +1 at y = 0 (sympy's sign(0) is 0; copysign(x, +0.0)
+    # is |x|)
+    return sp.Abs(x) * (1 - 2 * sp.Heaviside(-y, 0))
 
 
 def _where_np(c, a, b):
@@ -165,6 +186,14 @@ OPS = op_table(
            Libm("log1p"), domain=(-0.5, 3.0)),
     OpSpec("expm1", 1, np.expm1, lambda x, out: (out + 1,), lambda x: sp.exp(x) - 1,
            Libm("expm1")),
+    # Dedicated rows, not log(x)/log(10) or 2**x: the quotient of logs rounds twice
+    # (log(1000)/log(10) is 2.9999999999999996, so floor(log10(1000)) was 2).
+    OpSpec("exp2", 1, np.exp2, lambda x, out: (_LN2 * out,), lambda x: 2**x,
+           Intrinsic("llvm.exp2")),
+    OpSpec("log2", 1, np.log2, lambda x, out: (_INV_LN2 / x,), lambda x: sp.log(x, 2),
+           Intrinsic("llvm.log2"), domain=(0.1, 5.0)),
+    OpSpec("log10", 1, np.log10, lambda x, out: (_INV_LN10 / x,), lambda x: sp.log(x, 10),
+           Intrinsic("llvm.log10"), domain=(0.1, 5.0)),
     OpSpec("sqrt", 1, np.sqrt, lambda x, out: (0.5 / out,), sp.sqrt, Intrinsic("llvm.sqrt"),
            domain=(0.1, 5.0)),
     # ---- trigonometric ----
@@ -180,10 +209,24 @@ OPS = op_table(
     OpSpec("atan2", 2, np.arctan2,
            lambda y, x, out: (x / (x * x + y * y), -y / (x * x + y * y)), sp.atan2,
            Libm("atan2"), domain=(0.2, 3.0)),
+    # libm hypot scales internally: sqrt(x*x + y*y) overflows at 1e155 and underflows at
+    # 1e-162. At (0, 0) the partials are 0/0 = NaN, as they were for that formula.
+    OpSpec("hypot", 2, np.hypot, lambda x, y, out: (x / out, y / out),
+           lambda x, y: sp.sqrt(x * x + y * y), Libm("hypot")),
     # ---- hyperbolic and special ----
     OpSpec("sinh", 1, np.sinh, lambda x, out: (cosh(x),), sp.sinh, Libm("sinh")),
     OpSpec("cosh", 1, np.cosh, lambda x, out: (sinh(x),), sp.cosh, Libm("cosh")),
     OpSpec("tanh", 1, np.tanh, lambda x, out: (1 - out * out,), sp.tanh, Libm("tanh")),
+    OpSpec("asinh", 1, np.arcsinh, lambda x, out: (1 / sqrt(x * x + 1),), sp.asinh,
+           Libm("asinh")),
+    OpSpec("acosh", 1, np.arccosh, lambda x, out: (1 / sqrt(x * x - 1),), sp.acosh,
+           Libm("acosh"), domain=(1.1, 4.0)),
+    OpSpec("atanh", 1, np.arctanh, lambda x, out: (1 / (1 - x * x),), sp.atanh,
+           Libm("atanh"), domain=(-0.9, 0.9)),
+    # The real cube root (libm cbrt), defined for x < 0, unlike x ** (1/3).
+    OpSpec("cbrt", 1, np.cbrt, lambda x, out: (1 / (3 * out * out),),
+           lambda x: sp.sign(x) * sp.Abs(x) ** sp.Rational(1, 3), Libm("cbrt"),
+           domain=(0.1, 3.0)),
     OpSpec("erf", 1, _erf_np, lambda x, out: (_TWO_OVER_SQRT_PI * exp(-(x * x)),), sp.erf,
            Libm("erf")),
     # ---- non-smooth ----
@@ -191,6 +234,12 @@ OPS = op_table(
            convention="abs'(0) = 0 (sign(0) = 0)"),
     OpSpec("sign", 1, np.sign, lambda x, out: (None,), sp.sign, Custom(),
            convention="sign' = 0 everywhere, also at 0"),
+    # |x| with the sign bit of y (also of -0.0 and NaN), so d/dx is copysign(1, y) for
+    # x > 0: sign(y) would be 0 at y = ±0.
+    OpSpec("copysign", 2, np.copysign,
+           lambda x, y, out: (sign(x) * copysign(1.0, y), None),
+           _sp_copysign, Intrinsic("llvm.copysign"),
+           convention="copysign: d/dx = ±sign(x) (0 at x = 0), d/dy = 0"),
     OpSpec("floor", 1, np.floor, lambda x, out: (None,), sp.floor, Intrinsic("llvm.floor"),
            convention="floor' = 0 everywhere, also at integers"),
     OpSpec("maximum", 2, np.maximum,
@@ -199,6 +248,28 @@ OPS = op_table(
     OpSpec("minimum", 2, np.minimum,
            lambda x, y, out: (_half_tie(x, y, lt), _half_tie(y, x, lt)), sp.Min, Custom(),
            selects=True, convention="minimum(x, y) at x == y: gradient split 1/2, 1/2"),
+    # fmax/fmin ignore a NaN operand (numpy, C99): llvm.maxnum/minnum have that NaN rule
+    # but leave the sign of a zero result unspecified, so they are fcmp+select too.
+    OpSpec("fmax", 2, np.fmax,
+           lambda x, y, out: (_nan_tie(x, y, gt), _nan_tie(y, x, gt)), sp.Max, Custom(),
+           selects=True, convention="fmax(x, y): the operand returned takes the gradient "
+           "(the non-NaN one if one is NaN, none if both); at x == y split 1/2, 1/2"),
+    OpSpec("fmin", 2, np.fmin,
+           lambda x, y, out: (_nan_tie(x, y, lt), _nan_tie(y, x, lt)), sp.Min, Custom(),
+           selects=True, convention="fmin(x, y): the operand returned takes the gradient "
+           "(the non-NaN one if one is NaN, none if both); at x == y split 1/2, 1/2"),
+    # ---- division with remainder (numpy's npy_divmod: fmod first, then corrected) ----
+    # floor(x / y) is wrong where x / y rounds up to an integer (1.0 // 0.1 is 9, and
+    # 1.0 / 0.1 rounds to 10.0), and x - floor(x/y)*y loses the remainder of big x.
+    OpSpec("floordiv", 2, np.floor_divide, lambda x, y, out: (None, None),
+           lambda x, y: sp.floor(x / y), Custom(),
+           convention="floordiv' = 0 everywhere (a step function, like floor)"),
+    OpSpec("mod", 2, np.remainder, lambda x, y, out: (1.0, -floordiv(x, y)), sp.Mod,
+           Custom(), convention="mod: d/dx = 1, d/dy = -(x // y), also at the jumps"),
+    # d/dy = -trunc(x / y), the integer quotient fmod took away: (out - x) / y.
+    OpSpec("fmod", 2, np.fmod, lambda x, y, out: (1.0, (out - x) / y), _sp_fmod,
+           Instr("frem"), convention="fmod: d/dx = 1, d/dy = -trunc(x / y), also at the "
+           "jumps"),
     # ---- comparisons (1.0 true, 0.0 false; NaN compares false except in ne) ----
     OpSpec("lt", 2, _flag(np.less), lambda x, y, out: (None, None), _sp_lt,
            Custom()),
@@ -305,7 +376,7 @@ def _where_rule(g, args, attrs):
 
 def _same_rule(g, args, attrs):
     x, y = args
-    return x if x is y else None    # max(x, x) == min(x, x) == x
+    return x if x is y else None    # max(x, x) == min(x, x) == x (fmax, fmin too)
 
 
 def _mul0_rule(g, args, attrs):
@@ -322,33 +393,86 @@ def _mul0_rule(g, args, attrs):
 EXACT_RULES: dict[str, Callable] = {
     "add": _add_rule, "sub": _sub_rule, "mul": _mul_rule, "div": _div_rule,
     "neg": _neg_rule, "powi": _powi_rule, "where": _where_rule,
-    "maximum": _same_rule, "minimum": _same_rule, "mul0": _mul0_rule,
+    "maximum": _same_rule, "minimum": _same_rule, "fmax": _same_rule, "fmin": _same_rule,
+    "mul0": _mul0_rule,
 }
 
 
-def _fast_mul(g, args, attrs):
+# ---- rewrites that need fast-math flags -------------------------------------------
+# ``fastmath`` names LLVM's fast-math flags (``codegen/lower.py`` passes the same tuple to
+# LLVM). A rewrite that is not IEEE-exact runs only when every flag that licenses it is
+# named: nnan/ninf to assume NaN/inf away, nsz to ignore the sign of a zero.
+
+FASTMATH_FLAGS = frozenset(("nnan", "ninf", "nsz", "arcp", "contract", "afn", "reassoc",
+                            "fast"))
+# ``fastmath=True``: no nnan/ninf (NaN and inf stay possible), and no nsz either: LLVM
+# takes reassoc with nsz to license cancelling terms ((x + y) - y -> x, which is 1, not
+# NaN, for y = inf). ``codegen/lower.py`` keeps reassoc off math calls (``instruction_flags``).
+DEFAULT_FASTMATH = ("arcp", "contract", "afn", "reassoc")
+
+
+def fastmath_flags(fastmath) -> tuple[str, ...]:
+    """Normalise the user's ``fastmath`` option to a tuple of LLVM flag names: ``False``
+    none, ``True`` ``DEFAULT_FASTMATH``, else the flags named (one string or several)."""
+    if fastmath is False or fastmath is None:
+        return ()
+    if fastmath is True:
+        return DEFAULT_FASTMATH
+    flags = (fastmath,) if isinstance(fastmath, str) else tuple(fastmath)
+    bad = [f for f in flags if f not in FASTMATH_FLAGS]
+    if bad:
+        raise ValueError(f"unknown fast-math flag(s) {bad}; choose from "
+                         f"{sorted(FASTMATH_FLAGS)}")
+    return flags
+
+
+def enabled_flags(flags) -> frozenset:
+    """The flags in effect: ``fast`` stands for all of them."""
+    flags = frozenset(flags)
+    return FASTMATH_FLAGS if "fast" in flags else flags
+
+
+@dataclass(frozen=True, slots=True)
+class FastRule:
+    """A rewrite that is not IEEE-exact; it runs when the flags in ``needs`` are all on."""
+    rewrite: Callable
+    needs: frozenset
+
+
+def _fast_mul_zero(g, args, attrs):
     x, y = args
-    if _is(x, 0.0) or _is(y, 0.0):   # not IEEE: 0 * inf is NaN, 0 * -1 is -0
+    if _is(x, 0.0) or _is(y, 0.0):   # 0 * inf and 0 * NaN are NaN, 0 * -1 is -0
         return g.const(0.0)
-    return _mul_rule(g, args, attrs)
+    return None
 
 
-def _fast_sub(g, args, attrs):
+def _fast_sub_self(g, args, attrs):
     x, y = args
-    if x is y:                       # not IEEE: inf - inf is NaN
-        return g.const(0.0)
-    return _sub_rule(g, args, attrs)
+    return g.const(0.0) if x is y else None     # inf - inf and NaN - NaN are NaN
 
 
-def _fast_add(g, args, attrs):
+def _fast_add_zero(g, args, attrs):
     x, y = args
-    if _is(x, 0.0):                  # not IEEE: -0.0 + 0.0 is +0.0
+    if _is(x, 0.0):                  # only the sign of a zero: -0.0 + 0.0 is +0.0
         return y
     if _is(y, 0.0):
         return x
-    return _add_rule(g, args, attrs)
+    return None
 
 
-FASTMATH_RULES: dict[str, Callable] = {"mul": _fast_mul, "sub": _fast_sub, "add": _fast_add}
+FASTMATH_RULES: dict[str, tuple[FastRule, ...]] = {
+    "mul": (FastRule(_fast_mul_zero, frozenset(("nnan", "ninf", "nsz"))),),
+    "sub": (FastRule(_fast_sub_self, frozenset(("nnan", "ninf"))),),
+    "add": (FastRule(_fast_add_zero, frozenset(("nsz",))),),
+}
+
+
+def fastmath_rules(flags) -> dict[str, tuple[Callable, ...]]:
+    """The rewrites of ``FASTMATH_RULES`` that the fast-math ``flags`` license, by op."""
+    on = enabled_flags(flags)
+    found = {op: tuple(r.rewrite for r in rules if r.needs <= on)
+             for op, rules in FASTMATH_RULES.items()}
+    return {op: rules for op, rules in found.items() if rules}
+
 
 DIFFERENTIABLE_OPS = tuple(n for n, s in OPS.items() if s.arity > 0)

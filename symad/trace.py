@@ -13,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from . import arrays
+from . import arrays, composite
 from .errors import ConcretizationError, LeakedTracerError, TracingError, UnsupportedOpError
 from .graph import Graph, Node
 from .ops import OPS
@@ -100,15 +100,13 @@ class Tracer:
     def __rpow__(self, o):
         return NotImplemented if isinstance(o, np.ndarray) else power(o, self)
 
-    def __floordiv__(self, o): return np.floor(self / o)
-    def __rfloordiv__(self, o): return np.floor(o / self)
+    # Python's and numpy's floor division and modulo (the divisor's sign) are one op each,
+    # not floor(x / y) and x - floor(x / y) * y, which differ where x / y rounds.
+    __floordiv__, __rfloordiv__ = _binary_method("floordiv")
+    __mod__, __rmod__ = _binary_method("mod")
 
-    def __mod__(self, o):
-        # Python/numpy modulo: x - floor(x / y) * y (the sign of the divisor).
-        return self - (self // o) * o
-
-    def __rmod__(self, o):
-        return o - (o // self) * self
+    def __divmod__(self, o): return self // o, self % o
+    def __rdivmod__(self, o): return o // self, o % self
 
     # ---- element methods numpy calls on object arrays (np.sin(obj_array) -> x.sin()) ----
     def sin(self): return apply("sin", (self,))
@@ -125,6 +123,13 @@ class Tracer:
     def log(self): return apply("log", (self,))
     def log1p(self): return apply("log1p", (self,))
     def sqrt(self): return apply("sqrt", (self,))
+    def log2(self): return apply("log2", (self,))
+    def log10(self): return apply("log10", (self,))
+    def exp2(self): return apply("exp2", (self,))
+    def arcsinh(self): return apply("asinh", (self,))
+    def arccosh(self): return apply("acosh", (self,))
+    def arctanh(self): return apply("atanh", (self,))
+    def cbrt(self): return apply("cbrt", (self,))
     def arctan2(self, x): return apply("atan2", (self, x))
     def conjugate(self): return self
 
@@ -364,19 +369,26 @@ UFUNCS = {
     "exp": _unary("exp"), "log": _unary("log"), "log1p": _unary("log1p"),
     "expm1": _unary("expm1"), "sqrt": _unary("sqrt"), "square": lambda x: power(x, 2),
     "reciprocal": lambda x: apply("div", (1.0, x)),
-    "exp2": lambda x: power(2.0, x), "log2": lambda x: apply("log", (x,)) / np.log(2.0),
-    "log10": lambda x: apply("log", (x,)) / np.log(10.0),
+    "exp2": _unary("exp2"), "log2": _unary("log2"), "log10": _unary("log10"),
     "sin": _unary("sin"), "cos": _unary("cos"), "tan": _unary("tan"),
     "arcsin": _unary("asin"), "arccos": _unary("acos"), "arctan": _unary("atan"),
     "arctan2": _binary("atan2"), "sinh": _unary("sinh"), "cosh": _unary("cosh"),
-    "tanh": _unary("tanh"), "absolute": _unary("abs"), "fabs": _unary("abs"),
+    "tanh": _unary("tanh"), "arcsinh": _unary("asinh"), "arccosh": _unary("acosh"),
+    "arctanh": _unary("atanh"), "cbrt": _unary("cbrt"), "absolute": _unary("abs"),
+    "fabs": _unary("abs"),
     "sign": _sign_fn, "floor": _unary("floor"),
     "ceil": lambda x: -apply("floor", (-x if isinstance(x, Tracer) else -np.float64(x),)),
     "maximum": _binary("maximum"), "minimum": _binary("minimum"),
-    "fmax": _binary("maximum"), "fmin": _binary("minimum"),
+    "fmax": _binary("fmax"), "fmin": _binary("fmin"),
+    "floor_divide": _binary("floordiv"), "remainder": _binary("mod"), "fmod": _binary("fmod"),
     "less": _binary("lt"), "less_equal": _binary("le"), "greater": _binary("gt"),
     "greater_equal": _binary("ge"), "equal": _binary("eq"), "not_equal": _binary("ne"),
-    "hypot": lambda x, y: apply("sqrt", (x * x + y * y,)),
+    "hypot": _binary("hypot"), "copysign": _binary("copysign"),
+    "logaddexp": lambda x, y: composite.logaddexp(x, y, where),
+    "logaddexp2": lambda x, y: composite.logaddexp2(x, y, where),
+    "heaviside": lambda x, h0: composite.heaviside(x, h0, where),
+    "deg2rad": composite.deg2rad, "radians": composite.deg2rad,
+    "rad2deg": composite.rad2deg, "degrees": composite.rad2deg,
     "erf": _unary("erf"),   # scipy.special.erf is a ufunc named "erf"
     "conjugate": lambda x: x,
 }

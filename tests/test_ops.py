@@ -16,9 +16,9 @@ from symad.trace import apply
 ROWS = [name for name, spec in OPS.items() if spec.arity > 0]
 # Extra static attributes a row needs (powi's integer exponent).
 ATTRS = {"powi": [(3,), (-2,), (5,)]}
-# sympy leaves d/dx floor(x) unevaluated (and recurses evaluating it); its derivative is a
-# structural zero, checked against central differences instead.
-SYMPY_UNEVALUATED = {"floor"}
+# sympy leaves d/dx floor(x) and Mod(x, y) unevaluated (and recurses evaluating them);
+# these rows' derivatives are checked against central differences instead.
+SYMPY_UNEVALUATED = {"floor", "floordiv", "mod", "fmod"}
 
 
 def _cases():
