@@ -551,11 +551,17 @@ class _Specialization:
 
     def call(self, leaves: list):
         inb, inaddr, outb, outaddr, fill = self._buffers()
-        for leaf, dest in zip(leaves, fill):
+        # Convert every leaf before writing any: a conversion can run Python code
+        # (``__array__``, ``__float__``) that calls this function again on this thread,
+        # which refills the same buffer. Exact ndarrays run no Python code when copied.
+        vals = [float(leaf) if type(dest) is int else
+                leaf if type(leaf) is np.ndarray else np.asarray(leaf, dtype=np.float64)
+                for leaf, dest in zip(leaves, fill)]
+        for v, dest in zip(vals, fill):
             if type(dest) is int:
-                inb[dest] = leaf
+                inb[dest] = v
             else:
-                dest[...] = leaf
+                dest[...] = v
         self.native.kernel(inaddr, _ONE, outaddr, _ONE)
         flat = outb[:self.n_out].copy()
         if self._simple_grad:       # one plain argument differentiated: skip the trees

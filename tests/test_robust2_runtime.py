@@ -1,0 +1,91 @@
+"""Robustness II (runtime): re-entrant calls, Ctrl-C in threaded batches, fork during a
+compile, and option validation at the API boundary."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+import symad
+
+# ---- re-entrant argument conversion ------------------------------------------------------
+
+
+class _CallsBack:
+    """An argument whose conversion to numbers calls the compiled function itself."""
+
+    def __init__(self, f, value, inner_args):
+        self.f, self.value, self.inner_args = f, value, inner_args
+        self.inner = None
+
+    def __array__(self, dtype=None, copy=None):
+        self.inner = self.f(*self.inner_args)
+        return np.asarray(self.value, dtype=dtype)
+
+
+def _f32(n, v):
+    # float32 arrays are not the native entry's signature: they take the Python path
+    return np.full(n, v, dtype=np.float32)
+
+
+def test_reentrant_conversion_in_python_call_path():
+    # Non-ndarray leaves take the Python path (the native entry hands them over): the
+    # inner call (float32: Python path too) fills the per-thread buffer the outer call is
+    # filling.
+    f = symad.compile(lambda a, b: a + 10.0 * b)
+    sneaky = _CallsBack(f, [2.0, 2.0], (_f32(2, 5.0), _f32(2, 5.0)))
+    got = f(np.array([1.0, 1.0]), sneaky)
+    np.testing.assert_array_equal(got, [21.0, 21.0])
+    np.testing.assert_array_equal(sneaky.inner, [55.0, 55.0])
+
+
+class _FloatCallsBack:
+    """A real number whose ``__float__`` calls the compiled function."""
+
+    def __init__(self, f, value):
+        self.f, self.value, self.inner = f, value, None
+
+    def __float__(self):
+        # np.float32: not the native entry's float64, so the Python path as well
+        self.inner = self.f(np.float32(5.0), np.float32(5.0))
+        return self.value
+
+
+numbers.Real.register(_FloatCallsBack)
+
+
+def test_reentrant_float_conversion():
+    f = symad.compile(lambda a, b: a + 10.0 * b)
+    assert f(1.0, 2.0) == 21.0        # compiled for two scalars
+    sneaky = _FloatCallsBack(f, 2.0)
+    assert f(1.0, sneaky) == 21.0
+    assert sneaky.inner == 55.0
+
+
+def test_reentrant_conversion_in_grad_call_path():
+    f = symad.compile_grad(lambda a, b: np.sum(a * b))
+    sneaky = _CallsBack(f, [3.0, 4.0], (_f32(2, 7.0), _f32(2, 7.0)))
+    value, (ga, gb) = f(np.array([1.0, 2.0]), sneaky)
+    assert value == 11.0
+    np.testing.assert_array_equal(ga, [3.0, 4.0])
+    np.testing.assert_array_equal(gb, [1.0, 2.0])
+    assert sneaky.inner[0] == 98.0
+
+
+def test_reentrant_conversion_in_array_level_call_path():
+    # 500 elements: the array-level specialization (symad.compiled.ARRAY_MIN_ELEMENTS)
+    f = symad.compile(lambda a, b: a * b + a)
+    x = np.arange(500.0)
+    sneaky = _CallsBack(f, np.full(500, 2.0), (_f32(500, 9.0), _f32(500, 9.0)))
+    got = f(x, sneaky)
+    assert f._last.stats.get("array_level")
+    np.testing.assert_array_equal(got, 3.0 * x)
+    np.testing.assert_array_equal(sneaky.inner, np.full(500, 90.0))
+
+
+def test_reentrant_conversion_in_batch():
+    f = symad.compile(lambda a, b: a + 10.0 * b)
+    sneaky = _CallsBack(f, np.full(3, 2.0), (_f32(3, 5.0), _f32(3, 5.0)))
+    got = f.batch(np.ones(3), sneaky)
+    np.testing.assert_array_equal(got, [21.0, 21.0, 21.0])
