@@ -618,8 +618,7 @@ class _Specialization:
             pool = _pool(chunks)
             futs = [pool.submit(fn, ip, op, a, b, sp + 8 * per * c)
                     for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
-            for fut in futs:
-                fut.result()
+            _wait_all(futs)
         return outs
 
     def check_out(self, out, n: int, inputs: list, fname: str) -> list:
@@ -843,6 +842,29 @@ def _batch_chunks(n: int, width: int, threads) -> int:
         threads = min(os.cpu_count() or 1, 8)
     threads = int(threads)
     return 1 if threads <= 1 or n < 2 * threads else threads
+
+
+def _wait_all(futs: list) -> None:
+    """Wait for every future, then raise the first failure.
+
+    The workers write into buffers owned by the caller's frame: an exception here
+    (Ctrl-C while waiting, a failed chunk) must not unwind that frame while a worker
+    still runs, or native code writes freed memory. Chunks not started yet are dropped.
+    """
+    try:
+        for fut in futs:
+            fut.result()
+    except BaseException:
+        from concurrent.futures import wait
+        for fut in futs:
+            fut.cancel()
+        while True:
+            try:
+                wait(futs)
+                break
+            except BaseException:  # noqa: BLE001 (a second Ctrl-C: keep waiting)
+                continue
+        raise
 
 
 def _pool(n: int):

@@ -4,6 +4,10 @@ compile, and option validation at the API boundary."""
 from __future__ import annotations
 
 import numbers
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 
@@ -89,3 +93,54 @@ def test_reentrant_conversion_in_batch():
     sneaky = _CallsBack(f, np.full(3, 2.0), (_f32(3, 5.0), _f32(3, 5.0)))
     got = f.batch(np.ones(3), sneaky)
     np.testing.assert_array_equal(got, [21.0, 21.0, 21.0])
+
+
+# ---- Ctrl-C during a multi-threaded batch ---------------------------------------------
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_script(body: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``body`` in a fresh interpreter that imports this checkout's symad."""
+    env = dict(os.environ, PYTHONPATH=_REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(body)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_ctrl_c_during_threaded_batch_waits_for_workers():
+    # SIGINT reaches the main thread while it waits for the batch's worker threads. The
+    # KeyboardInterrupt must not free the batch's buffers while workers still write them
+    # (that segfaulted once the interrupted frame was gone and the memory reused).
+    proc = _run_script("""
+        import signal, threading, time
+        import numpy as np
+        import symad
+
+        def f(x, y):
+            s = 0.0
+            for k in range(12):
+                s = s + np.sin(x * (k + 1.0)) * np.exp(-y * k * 0.01)
+            return s
+
+        g = symad.compile(f)
+        g.batch(np.ones(8), np.ones(8))            # builds the batch entry
+        n = 1_500_000                              # threads=None splits this batch
+        x, y = np.linspace(0, 1, n), np.linspace(1, 2, n)
+        threading.Timer(0.05, signal.pthread_kill,
+                        (threading.main_thread().ident, signal.SIGINT)).start()
+        try:
+            g.batch(x, y)
+            print("not interrupted")
+        except KeyboardInterrupt:
+            print("interrupted")
+        # the interrupted frame is gone: reuse memory, give stray workers time to write
+        junk = [np.full(n, 7.0) for _ in range(8)]
+        time.sleep(0.5)
+        assert all((j == 7.0).all() for j in junk)
+        out = g.batch(x[:1000], y[:1000], threads=2)
+        print("after", float(np.max(np.abs(out - f(x[:1000], y[:1000])))))
+        """, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    lines = proc.stdout.split()
+    assert lines[0] == "interrupted", proc.stdout
+    assert lines[1] == "after" and float(lines[2]) < 1e-12, proc.stdout
