@@ -58,6 +58,30 @@ _CACHE_LOCK = threading.Lock()
 _POOL = None
 _POOL_LOCK = threading.Lock()
 _ONE = ctypes.c_int64(1)
+# Objects with a ``_lock`` that a forked child replaces (see _after_fork_in_child).
+_FORK_RENEW: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Fresh locks and no thread pool in a forked child.
+
+    A parent thread may hold any of these locks at the fork (compiling under a function's
+    lock, say); it does not exist in the child, so the lock would never be released. They
+    are renewed rather than held across the fork like LLVM's (codegen/jit.py): a thread
+    under ``_CACHE_LOCK`` may free an engine through LLVM's lock, so the fork would have
+    to take them first, but jit's hook, registered later, runs first. The state they
+    guard is consistent between bytecodes, and the child runs only the forking thread.
+    """
+    global _POOL, _CACHE_LOCK, _POOL_LOCK
+    _POOL = None        # its worker threads stayed in the parent: the child makes its own
+    _CACHE_LOCK = threading.Lock()
+    _POOL_LOCK = threading.Lock()
+    for obj in list(_FORK_RENEW):
+        obj._lock = threading.RLock() if isinstance(obj, CompiledFunction) else \
+            threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # Above this many live nodes the single-call entry gets machine code at O0 (the batch
@@ -100,6 +124,7 @@ class _Native:
         self._batch = None
         self.batch_module = None
         self._lock = threading.Lock()
+        _FORK_RENEW.add(self)
         # {"loops", "rolled_nodes", "body_nodes"} of a rolled kernel (codegen/roll.py)
         self.rolled: dict | None = None
         self.batch_buffer = 0    # doubles of scratch the batch kernel needs per thread
@@ -906,6 +931,7 @@ class CompiledFunction:
         self._specs: dict = {}
         self._last: _Specialization | None = None
         self._lock = threading.RLock()
+        _FORK_RENEW.add(self)
         self._entry = self._slow_call
         if not hasattr(self, "__name__"):
             self.__name__ = type(f).__name__

@@ -144,3 +144,90 @@ def test_ctrl_c_during_threaded_batch_waits_for_workers():
     lines = proc.stdout.split()
     assert lines[0] == "interrupted", proc.stdout
     assert lines[1] == "after" and float(lines[2]) < 1e-12, proc.stdout
+
+
+# ---- fork while another thread compiles -----------------------------------------------
+
+
+def test_fork_while_another_thread_compiles():
+    # A child forked while a thread is inside LLVM (or holds a function's lock, or the
+    # parent's batch pool exists) must compile, call and batch on its own. Each child
+    # gets a deadline: one that hangs fails the test instead of hanging it.
+    proc = _run_script("""
+        import multiprocessing, os, pickle, threading, time, warnings
+        import numpy as np
+        import symad
+
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        stop = threading.Event()
+        count = [0]
+        shared = symad.compile(lambda x: np.sum(np.sin(x) * np.cos(x)))
+        first = symad.compile(lambda x: x + 1.0)
+        first.batch(np.ones(100), threads=2)       # the parent's worker pool exists
+
+        def compile_loop():
+            k = 0
+            while not stop.is_set():
+                k += 1
+                shared(np.ones(k + 1))   # a new specialization, under shared's lock
+                g = symad.compile(lambda x, k=k: sum(np.sin(x * (i + k)) for i in range(40)))
+                g(0.3)                   # a new graph: LLVM work, no cache hit
+                count[0] += 1
+
+        def child_work(i):
+            h = symad.compile_grad(lambda x, y: x * y + float(i))
+            v, (gx, gy) = h(2.0, 3.0)
+            b = first.batch(np.arange(100.0), threads=2)    # needs a pool of its own
+            s = shared(np.full(3000 + i, 0.5))              # needs shared's lock
+            return ((v, gx, gy) == (6.0 + i, 3.0, 2.0) and (b == np.arange(1.0, 101.0)).all()
+                    and abs(s - (3000 + i) * np.sin(0.5) * np.cos(0.5)) < 1e-9)
+
+        def pf(x, y):
+            return np.sum(x * y * y)
+
+        def call_pickled(blob):
+            cf = pickle.loads(blob)                  # unpickling compiles its graph
+            v, (gx, gy) = cf(np.full(2, 2.0), 3.0)   # and a new shape: traced, compiled
+            return cf(2.0, 3.0), (float(v), gx.tolist(), float(gy))
+
+        def wait(pid, seconds):
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return os.waitstatus_to_exitcode(status)
+                time.sleep(0.02)
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            return "hung"
+
+        t = threading.Thread(target=compile_loop, daemon=True)
+        t.start()
+        while count[0] < 1:
+            time.sleep(0.01)
+        codes = []
+        for i in range(4):
+            time.sleep(0.03 * (i + 1))
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os._exit(0 if child_work(i) else 3)
+                except BaseException:
+                    os._exit(4)
+            codes.append(wait(pid, 20))
+        cpf = symad.compile_grad(pf)
+        cpf(1.0, 1.0)
+        blob = pickle.dumps(cpf)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            try:
+                codes.append(pool.apply_async(call_pickled, (blob,)).get(timeout=20))
+            except multiprocessing.TimeoutError:
+                codes.append("hung")
+            pool.terminate()
+        stop.set()
+        t.join()
+        print(codes)
+        """, timeout=240)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-2000:])
+    assert proc.stdout.strip() == \
+        "[0, 0, 0, 0, ((18.0, (9.0, 12.0)), (36.0, [9.0, 9.0], 24.0))]", proc.stdout
