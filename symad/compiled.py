@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import diskcache, logs
-from .errors import SymadError
+from .errors import OptionError, SymadError
 from .tree import tree_flatten, tree_unflatten
 
 
@@ -248,6 +248,22 @@ def _result_spec(treedef, shapes, start: int):
     return tree_unflatten(treedef, leaves)
 
 
+# Result trees nested deeper than this are returned by the Python path: emitting the
+# native entry and keying the cache recurse on the result spec (a 5000-deep tuple hit
+# Python's recursion limit); such a call costs far more than the entry saves anyway.
+MAX_ENTRY_DEPTH = 32
+
+
+def _depth(spec) -> int:
+    depth, stack = 0, [(spec, 0)]
+    while stack:
+        s, d = stack.pop()
+        depth = max(depth, d)
+        if type(s) is tuple:        # (abi.ArrayOut, a tuple subclass, is a leaf)
+            stack.extend((c, d + 1) for c in s)
+    return depth
+
+
 def _out_leaf(flat: np.ndarray, start: int, shape: tuple):
     if shape == ():
         return float(flat[start])
@@ -315,7 +331,7 @@ class _Specialization:
         flat_args = self.treedef == ("tuple", tuple(("leaf",) for _ in self.shapes))
         if not flat_args or self.n_in + self.n_out > MAX_STACK_DOUBLES:
             return None
-        return spec
+        return spec if _depth(spec) <= MAX_ENTRY_DEPTH else None
 
     def _attach_fast_entry(self, owner: CompiledFunction) -> None:
         from symad.codegen import abi
@@ -906,6 +922,46 @@ def _count_instructions(text: str) -> int:
                if line.startswith("  ") and not line.lstrip().startswith(";"))
 
 
+def _is_int(v) -> bool:
+    """An int or a numpy integer, not a bool (``True`` as a count is a slip)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_opt_level(opt_level, fname: str):
+    """``opt_level`` as ``"auto"``, an int 0..3 or a pair of them; else OptionError."""
+    if opt_level is None or (isinstance(opt_level, str) and opt_level == "auto"):
+        return "auto"
+    levels = opt_level if isinstance(opt_level, tuple) and len(opt_level) == 2 \
+        else (opt_level,)
+    if not all(_is_int(v) and 0 <= v <= 3 for v in levels):
+        raise OptionError(f"opt_level={opt_level!r} for {fname}: expected 0, 1, 2 or 3 (an "
+                          "int), a pair (IR level, machine-code level) of them, or 'auto'")
+    levels = tuple(int(v) for v in levels)
+    return levels if len(levels) == 2 else levels[0]
+
+
+def _check_fastmath(fastmath, fname: str):
+    """``fastmath`` as a bool or a tuple of LLVM fast-math flag names; else OptionError."""
+    if fastmath is None or isinstance(fastmath, (bool, np.bool_)):
+        return bool(fastmath)
+    flags = (fastmath,) if isinstance(fastmath, str) else fastmath
+    if isinstance(flags, (tuple, list)) and all(isinstance(x, str) for x in flags):
+        from symad.codegen.lower import ALL_FLAGS
+        if all(x in ALL_FLAGS for x in flags):
+            return tuple(flags)
+    raise OptionError(
+        f"fastmath={fastmath!r} for {fname}: expected False (IEEE), True (the safe "
+        "fast-math set) or a tuple of LLVM fast-math flags from "
+        "('nnan', 'ninf', 'nsz', 'arcp', 'contract', 'afn', 'reassoc', 'fast')")
+
+
+def _check_threads(threads, fname: str):
+    if threads is None or (_is_int(threads) and threads >= 1):
+        return threads
+    raise OptionError(f"{fname}.batch(threads={threads!r}): expected None (split large "
+                      "batches over the CPU cores) or a number of threads, an int >= 1")
+
+
 class CompiledFunction:
     """A function compiled to native code, specialised per argument structure and shapes.
 
@@ -921,11 +977,15 @@ class CompiledFunction:
         if not callable(f):
             raise TypeError(f"expected a function to compile, got {type(f).__name__}")
         functools.update_wrapper(self, f)
+        name = getattr(self, "__name__", type(f).__name__)
         self._f = f
         self._grad = grad
+        if argnums is not None:
+            from .api import check_argnums
+            argnums = check_argnums(argnums, name)
         self._argnums = argnums
-        self._fastmath = fastmath
-        self._opt_level = opt_level
+        self._fastmath = _check_fastmath(fastmath, name)
+        self._opt_level = _check_opt_level(opt_level, name)
         diskcache.cache_dir(cache)      # validates the option
         self._cache = cache
         self._specs: dict = {}
@@ -991,6 +1051,7 @@ class CompiledFunction:
         Returns:
             Like a single call, with a leading axis N on every output leaf.
         """
+        threads = _check_threads(threads, self.__name__)
         leaves, treedef, paths = tree_flatten(args, "")
         if not leaves:
             raise TypeError(f"{self.__name__}.batch needs at least one array argument")

@@ -10,8 +10,10 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import symad
+from symad.errors import OptionError
 
 # ---- re-entrant argument conversion ------------------------------------------------------
 
@@ -231,3 +233,111 @@ def test_fork_while_another_thread_compiles():
     assert proc.returncode == 0, (proc.stdout, proc.stderr[-2000:])
     assert proc.stdout.strip() == \
         "[0, 0, 0, 0, ((18.0, (9.0, 12.0)), (36.0, [9.0, 9.0], 24.0))]", proc.stdout
+
+
+# ---- options and sizes ----------------------------------------------------------------
+
+
+def _xy(x, y):
+    return x * y * y
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: symad.compile(_xy, opt_level=3.0), ["opt_level=3.0", "0, 1, 2 or 3", "'auto'"]),
+    (lambda: symad.compile(_xy, opt_level=True), ["opt_level=True"]),
+    (lambda: symad.compile(_xy, opt_level=(3, 4)), ["opt_level=(3, 4)", "pair"]),
+    (lambda: symad.compile(_xy, opt_level="fast"), ["opt_level='fast'"]),
+    (lambda: symad.compile(_xy, fastmath=1), ["fastmath=1", "False", "True", "'afn'"]),
+    (lambda: symad.compile(_xy, fastmath=("afn", 2)), ["fastmath=('afn', 2)"]),
+    (lambda: symad.compile(_xy, fastmath="quick"), ["fastmath='quick'", "'reassoc'"]),
+    (lambda: symad.compile_grad(_xy, argnums=1.0), ["argnums=1.0", "float", "tuple"]),
+    (lambda: symad.compile_grad(_xy, argnums=(0, "1")), ["argnums=(0, '1')", "str"]),
+    (lambda: symad.compile_grad(_xy, argnums=True), ["argnums=True", "bool"]),
+    (lambda: symad.grad(_xy, argnums=1.0), ["argnums=1.0", "_xy"]),
+    (lambda: symad.value_and_grad(_xy, argnums=None), ["argnums=None"]),
+    (lambda: symad.jacobian(_xy, argnums=[0.0]), ["argnums=[0.0]"]),
+    (lambda: symad.hessian(_xy, argnums=np.float64(0)), ["argnums=np.float64(0.0)"]),
+])
+def test_bad_options_are_refused_when_given(make, words):
+    # Refused where the option is given (not at the first call, not as a ctypes
+    # ArgumentError or "'int' object is not iterable"), naming option, value and choices.
+    with pytest.raises(OptionError) as info:
+        make()
+    for w in words:
+        assert w in str(info.value)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("threads", [float("nan"), 2.5, 0, -1, True, "2", np.float64(2)])
+def test_bad_batch_threads_are_refused(threads):
+    f = symad.compile(_xy)
+    with pytest.raises(OptionError, match=r"_xy\.batch\(threads=.*int >= 1"):
+        f.batch(np.ones(10), np.ones(10), threads=threads)
+
+
+def test_argnums_accepts_numpy_integers():
+    x, y = 2.0, 3.0
+    cg = symad.compile_grad(_xy, argnums=np.int64(1))
+    assert cg(x, y) == (18.0, 12.0)                       # bare: one int
+    assert symad.compile_grad(_xy, argnums=(np.int32(0), np.int64(-1)))(x, y) == \
+        (18.0, (9.0, 12.0))
+    assert float(symad.grad(_xy, argnums=np.int64(1))(x, y)) == 12.0
+    value, g = symad.value_and_grad(_xy, argnums=[np.uint8(0)])(x, y)
+    assert (float(value), float(g[0])) == (18.0, 9.0) and isinstance(g, tuple)
+    jac = symad.jacobian(lambda v: v * v, argnums=np.int16(0))(np.array([1.0, 2.0]))
+    np.testing.assert_array_equal(jac, [[2.0, 0.0], [0.0, 4.0]])
+    hess = symad.hessian(_xy, argnums=np.int64(1))(x, y)
+    assert float(hess) == 4.0
+    grads = symad.check.numerical_grad(_xy, x, y, argnums=np.int64(1))
+    assert abs(grads - 12.0) < 1e-6
+    with pytest.raises(OptionError, match="does not fit _xy"):
+        symad.grad(_xy, argnums=np.int64(2))(x, y)
+
+
+def test_integer_like_levels_and_threads_are_accepted():
+    f = symad.compile_grad(_xy, opt_level=np.int64(2))
+    assert f(2.0, 3.0) == (18.0, (9.0, 12.0))
+    assert f.stats["opt_level"]["ir"] == 2 and f.stats["opt_level"]["machine_code"] == 2
+    g = symad.compile(_xy, opt_level=(np.int32(1), 0), fastmath=["nsz"])
+    assert g(2.0, 3.0) == 18.0 and g.stats["fastmath"] == ("nsz",)
+    values, grads = f.batch(np.arange(8.0), np.ones(8), threads=np.int64(2))
+    np.testing.assert_array_equal(values, np.arange(8.0))
+    np.testing.assert_array_equal(grads[1], 2.0 * np.arange(8.0))
+
+
+def test_deeply_nested_output_tuple():
+    # the native entry's emitter and the cache key recursed on the result's nesting
+    def deep(x):
+        r = (x, x + 1.0)
+        for _ in range(5000):
+            r = (r,)
+        return r
+
+    out = symad.compile(deep)(1.0)
+    depth = 0
+    while len(out) == 1:
+        out, depth = out[0], depth + 1
+    assert depth == 5000 and out == (1.0, 2.0)
+
+
+def test_zero_size_array_arguments():
+    # a (0, 10**12) array holds no numbers; tracing built an index over its shape
+    z = np.zeros((0, 10**12))
+    r = symad.compile(lambda x: x * 2.0)(z)
+    assert r.shape == (0, 10**12)
+    value, (gz, gy) = symad.compile_grad(lambda x, y: np.sum(x) + y * y)(z, 3.0)
+    assert (value, gy) == (9.0, 6.0) and gz.shape == (0, 10**12)
+    assert symad.grad(lambda x: np.sum(x))(z).shape == (0, 10**12)
+
+
+def test_zero_length_dask_batch():
+    da = pytest.importorskip("dask.array")
+    f = symad.compile_grad(lambda x: np.sum(x * x))
+    values, grads = f.batch(da.ones((0, 3), chunks=(1, 3)))
+    assert values.compute().shape == (0,) and grads.compute().shape == (0, 3)
+    out = symad.compile(lambda x: x * 2.0).batch(da.ones((0, 3))).compute()
+    assert out.shape == (0, 3)
+    # and a non-empty one still agrees with the local batch
+    x = np.arange(12.0).reshape(4, 3)
+    np.testing.assert_array_equal(f.batch(da.from_array(x, chunks=(2, 3)))[1].compute(),
+                                  2.0 * x)
