@@ -487,7 +487,7 @@ def jacobian(f: Callable, argnums=0, mode: str = "auto") -> Callable:
     [[3.0, 2.0], [1.0, 0.0]]
     """
     if mode not in ("auto", "fwd", "rev"):
-        raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', not {mode!r}")
+        raise OptionError(f"mode must be 'auto', 'fwd' or 'rev', not {mode!r}")
     name = _fn_name(f)
     argnums = check_argnums(argnums, name)
 
@@ -559,7 +559,8 @@ def hessian(f: Callable, argnums=0, mode: str = "fwd") -> Callable:
     [[4.0, 2.0], [2.0, 0.0]]
     """
     if mode not in ("fwd", "rev"):
-        raise ValueError(f"mode must be 'fwd' (forward-over-reverse) or 'rev', not {mode!r}")
+        raise OptionError(f"mode must be 'fwd' (forward-over-reverse) or 'rev', "
+                          f"not {mode!r}")
     return jacobian(grad(f, argnums), argnums, mode)
 
 

@@ -656,10 +656,8 @@ class _Specialization:
             fn(ip, op, 0, n, sp)      # ctypes releases the GIL during the call
         else:
             bounds = [n * i // chunks for i in range(chunks + 1)]
-            pool = _pool(chunks)
-            futs = [pool.submit(fn, ip, op, a, b, sp + 8 * per * c)
-                    for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
-            _wait_all(futs)
+            _run_parallel(_pool(chunks), fn, [(ip, op, a, b, sp + 8 * per * c) for c, (a, b)
+                                              in enumerate(zip(bounds[:-1], bounds[1:]))])
         return outs
 
     def check_out(self, out, n: int, inputs: list, fname: str) -> list:
@@ -667,23 +665,23 @@ class _Specialization:
         leaves, _, paths = tree_flatten(out, "out")
         shapes = [(n,) + tuple(s) for s in self.out_leaf_shapes]
         if len(leaves) != len(shapes):
-            raise ValueError(f"{fname}.batch(out=...) needs {len(shapes)} array(s) shaped "
+            raise OptionError(f"{fname}.batch(out=...) needs {len(shapes)} array(s) shaped "
                              f"like the result {shapes}, got {len(leaves)}")
         for a, shape, path in zip(leaves, shapes, paths):
             if not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.shape != shape \
                     or not a.flags.c_contiguous or not a.flags.writeable:
                 got = (f"{type(a).__name__} {getattr(a, 'dtype', '')} "
                        f"{getattr(a, 'shape', '')}").strip()
-                raise ValueError(f"{fname}.batch: {path} must be a writeable C-contiguous "
+                raise OptionError(f"{fname}.batch: {path} must be a writeable C-contiguous "
                                  f"float64 array of shape {shape}, got {got}; allocate it "
                                  f"with numpy.empty({shape})")
             if any(np.may_share_memory(a, x) for x in inputs):
-                raise ValueError(f"{fname}.batch: {path} overlaps an input array; results "
+                raise OptionError(f"{fname}.batch: {path} overlaps an input array; results "
                                  "are written while inputs are still read, so use a "
                                  "separate array")
         for i, a in enumerate(leaves):
             if any(np.may_share_memory(a, b) for b in leaves[i + 1:]):
-                raise ValueError(f"{fname}.batch: {paths[i]} overlaps another out array")
+                raise OptionError(f"{fname}.batch: {paths[i]} overlaps another out array")
         return leaves
 
     def _unpack_leaves(self, leaves: list):
@@ -885,14 +883,19 @@ def _batch_chunks(n: int, width: int, threads) -> int:
     return 1 if threads <= 1 or n < 2 * threads else threads
 
 
-def _wait_all(futs: list) -> None:
-    """Wait for every future, then raise the first failure.
+def _run_parallel(pool, fn, calls: list) -> None:
+    """Run ``fn(*args)`` for every ``args`` of ``calls`` on ``pool``; raise the first failure
+    once none runs any more.
 
     The workers write into buffers owned by the caller's frame: an exception here
-    (Ctrl-C while waiting, a failed chunk) must not unwind that frame while a worker
-    still runs, or native code writes freed memory. Chunks not started yet are dropped.
+    (Ctrl-C while submitting or waiting, a failed chunk) must not unwind that frame while
+    a worker still runs, or native code writes freed memory. Chunks not started are
+    dropped.
     """
+    futs: list = []
     try:
+        for args in calls:
+            futs.append(pool.submit(fn, *args))
         for fut in futs:
             fut.result()
     except BaseException:
@@ -986,7 +989,10 @@ class CompiledFunction:
         self._argnums = argnums
         self._fastmath = _check_fastmath(fastmath, name)
         self._opt_level = _check_opt_level(opt_level, name)
-        diskcache.cache_dir(cache)      # validates the option
+        if not (cache is None or isinstance(cache, (bool, str, os.PathLike))):
+            raise OptionError(f"cache={cache!r} for {name}: expected None (follow "
+                              f"${diskcache.ENV_VAR}), True, False or a folder path")
+        diskcache.cache_dir(cache)
         self._cache = cache
         self._specs: dict = {}
         self._last: _Specialization | None = None
@@ -1057,7 +1063,7 @@ class CompiledFunction:
             raise TypeError(f"{self.__name__}.batch needs at least one array argument")
         if any(type(leaf).__module__.startswith("dask.") for leaf in leaves):
             if out is not None:
-                raise ValueError(f"{self.__name__}.batch: out= is not supported with dask "
+                raise OptionError(f"{self.__name__}.batch: out= is not supported with dask "
                                  "arrays (the results are lazy dask arrays)")
             from .dask_batch import dask_batch  # lazy dask arrays in, lazy dask arrays out
             return dask_batch(self, leaves, treedef, paths)

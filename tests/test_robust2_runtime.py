@@ -257,6 +257,10 @@ def _xy(x, y):
     (lambda: symad.value_and_grad(_xy, argnums=None), ["argnums=None"]),
     (lambda: symad.jacobian(_xy, argnums=[0.0]), ["argnums=[0.0]"]),
     (lambda: symad.hessian(_xy, argnums=np.float64(0)), ["argnums=np.float64(0.0)"]),
+    (lambda: symad.jacobian(_xy, mode="forward"), ["mode", "'forward'", "'fwd'"]),
+    (lambda: symad.compile(_xy, cache=1), ["cache=1", "_xy", "folder path"]),
+    (lambda: symad.compile(_xy).batch(np.ones(4), np.ones(4), out=np.empty(3)),
+     ["_xy.batch", "out", "shape (4,)"]),
 ])
 def test_bad_options_are_refused_when_given(make, words):
     # Refused where the option is given (not at the first call, not as a ctypes
@@ -273,6 +277,27 @@ def test_bad_batch_threads_are_refused(threads):
     f = symad.compile(_xy)
     with pytest.raises(OptionError, match=r"_xy\.batch\(threads=.*int >= 1"):
         f.batch(np.ones(10), np.ones(10), threads=threads)
+
+
+def test_failed_chunk_waits_for_the_other_workers():
+    # One chunk fails at once; the exception may leave the batch's frame (freeing the
+    # buffers every chunk writes) only after the others have finished.
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from symad.compiled import _run_parallel
+    finished = []
+
+    def chunk(k):
+        if k == 0:
+            raise RuntimeError("chunk 0 failed")
+        time.sleep(0.3)
+        finished.append(k)
+
+    with ThreadPoolExecutor(3) as pool:
+        with pytest.raises(RuntimeError, match="chunk 0 failed"):
+            _run_parallel(pool, chunk, [(0,), (1,), (2,)])
+        assert sorted(finished) == [1, 2]
 
 
 def test_argnums_accepts_numpy_integers():
