@@ -666,19 +666,19 @@ class _Specialization:
         shapes = [(n,) + tuple(s) for s in self.out_leaf_shapes]
         if len(leaves) != len(shapes):
             raise OptionError(f"{fname}.batch(out=...) needs {len(shapes)} array(s) shaped "
-                             f"like the result {shapes}, got {len(leaves)}")
+                              f"like the result {shapes}, got {len(leaves)}")
         for a, shape, path in zip(leaves, shapes, paths):
             if not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.shape != shape \
                     or not a.flags.c_contiguous or not a.flags.writeable:
                 got = (f"{type(a).__name__} {getattr(a, 'dtype', '')} "
                        f"{getattr(a, 'shape', '')}").strip()
                 raise OptionError(f"{fname}.batch: {path} must be a writeable C-contiguous "
-                                 f"float64 array of shape {shape}, got {got}; allocate it "
-                                 f"with numpy.empty({shape})")
+                                  f"float64 array of shape {shape}, got {got}; allocate it "
+                                  f"with numpy.empty({shape})")
             if any(np.may_share_memory(a, x) for x in inputs):
                 raise OptionError(f"{fname}.batch: {path} overlaps an input array; results "
-                                 "are written while inputs are still read, so use a "
-                                 "separate array")
+                                  "are written while inputs are still read, so use a "
+                                  "separate array")
         for i, a in enumerate(leaves):
             if any(np.may_share_memory(a, b) for b in leaves[i + 1:]):
                 raise OptionError(f"{fname}.batch: {paths[i]} overlaps another out array")
@@ -1064,7 +1064,7 @@ class CompiledFunction:
         if any(type(leaf).__module__.startswith("dask.") for leaf in leaves):
             if out is not None:
                 raise OptionError(f"{self.__name__}.batch: out= is not supported with dask "
-                                 "arrays (the results are lazy dask arrays)")
+                                  "arrays (the results are lazy dask arrays)")
             from .dask_batch import dask_batch  # lazy dask arrays in, lazy dask arrays out
             return dask_batch(self, leaves, treedef, paths)
         arrays = []
