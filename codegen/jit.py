@@ -16,6 +16,8 @@ allocator, so compile time stays near linear.
 from __future__ import annotations
 
 import ctypes
+import functools
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 import llvmlite
 import llvmlite.binding as llvm
 from llvmlite import ir
+from llvmlite.binding import ffi
 
 from symad.errors import CodegenError
 
@@ -44,8 +47,46 @@ from symad.errors import CodegenError
 MEDIUM_GRAPH_NODES = 10_000    # above: IR O1, machine code O1 (chunked)
 LARGE_GRAPH_NODES = 40_000     # above: IR O1, machine code O0 (cheapest linear build)
 
+# Held around symad's LLVM work (module compiles and loads, target set-up, symbols):
+# this module is the one owner of LLVM state, and a fork waits on this lock (below).
 _LOCK = threading.RLock()
 _STATE: dict = {}
+
+
+def _llvm_locked(fn):
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with _LOCK:
+            return fn(*args, **kwargs)
+    return locked
+
+
+# llvmlite's own lock around each of its C API calls (engines are also freed through it,
+# from whichever thread drops the last reference). It is private to llvmlite: without it
+# (a future llvmlite) only symad's own calls are covered.
+_FFI_LOCK = getattr(getattr(getattr(ffi, "lib", None), "_lock", None), "_lock", None)
+if not (hasattr(_FFI_LOCK, "acquire") and hasattr(_FFI_LOCK, "release")):
+    _FFI_LOCK = None
+
+
+def _before_fork() -> None:
+    # A child forked while another thread is inside LLVM inherits its locks held by a
+    # thread that does not exist there and hangs at its first compile: fork waits until
+    # no LLVM call is in progress (symad's lock first: its holders call into llvmlite).
+    _LOCK.acquire()
+    if _FFI_LOCK is not None:
+        _FFI_LOCK.acquire()
+
+
+def _after_fork() -> None:
+    # In the child too: the forking thread is the child's only thread and owns both.
+    if _FFI_LOCK is not None:
+        _FFI_LOCK.release()
+    _LOCK.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
+                    after_in_child=_after_fork)
 
 
 def _version_ok() -> None:
@@ -98,6 +139,7 @@ def target_machine(codegen_level: int = 3):
         return tm
 
 
+@_llvm_locked
 def new_module(name: str) -> ir.Module:
     st = _start()
     mod = ir.Module(name=name)
@@ -108,7 +150,8 @@ def new_module(name: str) -> ir.Module:
 
 def add_symbol(name: str, address: int) -> None:
     """Make ``name`` resolvable by the JIT linker (process-wide, idempotent)."""
-    llvm.add_symbol(name, address)
+    with _LOCK:
+        llvm.add_symbol(name, address)
 
 
 _VECTOR_MATH: dict = {}
@@ -174,11 +217,13 @@ class NativeModule:
         # Emitted on demand: assembly is a second machine-code run, which for a big
         # function costs as much as the JIT itself.
         if self._asm is None:
-            mod = llvm.parse_assembly(self.optimized_ir)
-            self._asm = target_machine(self.codegen_level).emit_assembly(mod)
+            with _LOCK:
+                mod = llvm.parse_assembly(self.optimized_ir)
+                self._asm = target_machine(self.codegen_level).emit_assembly(mod)
         return self._asm
 
 
+@_llvm_locked
 def compile_module(module: ir.Module, symbols: list[str], *, speed_level: int = 3,
                    codegen_level: int = 3, unroll: bool = True,
                    on_object=None) -> NativeModule:
@@ -248,6 +293,7 @@ def _addresses(engine, module: ir.Module, symbols: list[str]) -> dict[str, int]:
     return addresses
 
 
+@_llvm_locked
 def load_module(module: ir.Module, symbols: list[str], obj: bytes, optimized_ir: str, *,
                 speed_level: int, codegen_level: int) -> NativeModule:
     """JIT ``module`` from previously generated object code (no optimisation, no codegen).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ import numpy as np
 
 from . import interp
 from .ad import jvp_nodes, vjp_nodes
-from .errors import SymadError, TracingError
+from .errors import OptionError, SymadError, TracingError
 from .graph import Graph, Node
 from .trace import TracedArray, Tracer, as_float_array, new_input_leaf, output_nodes
 from .tree import tree_flatten, tree_unflatten
@@ -72,12 +73,29 @@ def _arg_names(f, n: int) -> list[str]:
     return [names[k] if k < len(names) else f"arg{k}" for k in range(n)]
 
 
+def check_argnums(argnums, fname: str):
+    """``argnums`` as an int or a tuple of ints (numpy integers too), else OptionError.
+
+    Whether it is one int decides whether a gradient comes back bare or in a tuple.
+    """
+    many = isinstance(argnums, (tuple, list))
+    nums = []
+    for k in (argnums if many else (argnums,)):
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+            raise OptionError(
+                f"argnums={argnums!r} for {fname}: expected the position of a positional "
+                f"argument (an int) or a tuple of them, got {type(k).__name__} {k!r}")
+        nums.append(int(k))
+    return tuple(nums) if many else nums[0]
+
+
 def _normalize_argnums(argnums, nargs: int, fname: str) -> tuple[int, ...]:
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    checked = check_argnums(argnums, fname)
+    nums = (checked,) if isinstance(checked, int) else checked
     for k in nums:
-        if not isinstance(k, int) or not -nargs <= k < nargs:
-            raise TypeError(f"argnums={argnums!r} does not fit {fname}, which was called with "
-                            f"{nargs} positional argument(s)")
+        if not -nargs <= k < nargs:
+            raise OptionError(f"argnums={argnums!r} does not fit {fname}, which was called "
+                              f"with {nargs} positional argument(s)")
     return tuple(k % nargs for k in nums)
 
 
@@ -315,6 +333,7 @@ def value_and_grad(f: Callable, argnums=0) -> Callable:
     (5.5, 1.7163378145367738)
     """
     name = _fn_name(f)
+    argnums = check_argnums(argnums, name)
 
     @functools.wraps(f)
     def value_and_grad_f(*args):
@@ -468,8 +487,9 @@ def jacobian(f: Callable, argnums=0, mode: str = "auto") -> Callable:
     [[3.0, 2.0], [1.0, 0.0]]
     """
     if mode not in ("auto", "fwd", "rev"):
-        raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', not {mode!r}")
+        raise OptionError(f"mode must be 'auto', 'fwd' or 'rev', not {mode!r}")
     name = _fn_name(f)
+    argnums = check_argnums(argnums, name)
 
     @functools.wraps(f)
     def jacobian_f(*args):
@@ -539,7 +559,8 @@ def hessian(f: Callable, argnums=0, mode: str = "fwd") -> Callable:
     [[4.0, 2.0], [2.0, 0.0]]
     """
     if mode not in ("fwd", "rev"):
-        raise ValueError(f"mode must be 'fwd' (forward-over-reverse) or 'rev', not {mode!r}")
+        raise OptionError(f"mode must be 'fwd' (forward-over-reverse) or 'rev', "
+                          f"not {mode!r}")
     return jacobian(grad(f, argnums), argnums, mode)
 
 

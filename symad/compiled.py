@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import diskcache, logs
-from .errors import SymadError
+from .errors import OptionError, SymadError
 from .tree import tree_flatten, tree_unflatten
 
 
@@ -58,6 +58,30 @@ _CACHE_LOCK = threading.Lock()
 _POOL = None
 _POOL_LOCK = threading.Lock()
 _ONE = ctypes.c_int64(1)
+# Objects with a ``_lock`` that a forked child replaces (see _after_fork_in_child).
+_FORK_RENEW: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Fresh locks and no thread pool in a forked child.
+
+    A parent thread may hold any of these locks at the fork (compiling under a function's
+    lock, say); it does not exist in the child, so the lock would never be released. They
+    are renewed rather than held across the fork like LLVM's (codegen/jit.py): a thread
+    under ``_CACHE_LOCK`` may free an engine through LLVM's lock, so the fork would have
+    to take them first, but jit's hook, registered later, runs first. The state they
+    guard is consistent between bytecodes, and the child runs only the forking thread.
+    """
+    global _POOL, _CACHE_LOCK, _POOL_LOCK
+    _POOL = None        # its worker threads stayed in the parent: the child makes its own
+    _CACHE_LOCK = threading.Lock()
+    _POOL_LOCK = threading.Lock()
+    for obj in list(_FORK_RENEW):
+        obj._lock = threading.RLock() if isinstance(obj, CompiledFunction) else \
+            threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # Above this many live nodes the single-call entry gets machine code at O0 (the batch
@@ -100,6 +124,7 @@ class _Native:
         self._batch = None
         self.batch_module = None
         self._lock = threading.Lock()
+        _FORK_RENEW.add(self)
         # {"loops", "rolled_nodes", "body_nodes"} of a rolled kernel (codegen/roll.py)
         self.rolled: dict | None = None
         self.batch_buffer = 0    # doubles of scratch the batch kernel needs per thread
@@ -234,6 +259,22 @@ def _result_spec(treedef, shapes, start: int):
     return tree_unflatten(treedef, leaves)
 
 
+# Result trees nested deeper than this are returned by the Python path: emitting the
+# native entry and keying the cache recurse on the result spec (a 5000-deep tuple hit
+# Python's recursion limit); such a call costs far more than the entry saves anyway.
+MAX_ENTRY_DEPTH = 32
+
+
+def _depth(spec) -> int:
+    depth, stack = 0, [(spec, 0)]
+    while stack:
+        s, d = stack.pop()
+        depth = max(depth, d)
+        if type(s) is tuple:        # (abi.ArrayOut, a tuple subclass, is a leaf)
+            stack.extend((c, d + 1) for c in s)
+    return depth
+
+
 def _out_leaf(flat: np.ndarray, start: int, shape: tuple):
     if shape == ():
         return float(flat[start])
@@ -305,7 +346,7 @@ class _Specialization:
         flat_args = self.treedef == ("tuple", tuple(("leaf",) for _ in self.shapes))
         if not flat_args or self.n_in + self.n_out > MAX_STACK_DOUBLES:
             return None
-        return spec
+        return spec if _depth(spec) <= MAX_ENTRY_DEPTH else None
 
     def _attach_fast_entry(self, owner: CompiledFunction) -> None:
         from symad.codegen import abi
@@ -566,11 +607,17 @@ class _Specialization:
 
     def call(self, leaves: list):
         inb, inaddr, outb, outaddr, fill = self._buffers()
-        for leaf, dest in zip(leaves, fill):
+        # Convert every leaf before writing any: a conversion can run Python code
+        # (``__array__``, ``__float__``) that calls this function again on this thread,
+        # which refills the same buffer. Exact ndarrays run no Python code when copied.
+        vals = [float(leaf) if type(dest) is int else
+                leaf if type(leaf) is np.ndarray else np.asarray(leaf, dtype=np.float64)
+                for leaf, dest in zip(leaves, fill)]
+        for v, dest in zip(vals, fill):
             if type(dest) is int:
-                inb[dest] = leaf
+                inb[dest] = v
             else:
-                dest[...] = leaf
+                dest[...] = v
         self.native.kernel(inaddr, _ONE, outaddr, _ONE)
         flat = outb[:self.n_out].copy()
         if self._simple_grad:       # one plain argument differentiated: skip the trees
@@ -624,11 +671,8 @@ class _Specialization:
             fn(ip, op, 0, n, sp)      # ctypes releases the GIL during the call
         else:
             bounds = [n * i // chunks for i in range(chunks + 1)]
-            pool = _pool(chunks)
-            futs = [pool.submit(fn, ip, op, a, b, sp + 8 * per * c)
-                    for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
-            for fut in futs:
-                fut.result()
+            _run_parallel(_pool(chunks), fn, [(ip, op, a, b, sp + 8 * per * c) for c, (a, b)
+                                              in enumerate(zip(bounds[:-1], bounds[1:]))])
         return outs
 
     def check_out(self, out, n: int, inputs: list, fname: str) -> list:
@@ -636,23 +680,23 @@ class _Specialization:
         leaves, _, paths = tree_flatten(out, "out")
         shapes = [(n,) + tuple(s) for s in self.out_leaf_shapes]
         if len(leaves) != len(shapes):
-            raise ValueError(f"{fname}.batch(out=...) needs {len(shapes)} array(s) shaped "
-                             f"like the result {shapes}, got {len(leaves)}")
+            raise OptionError(f"{fname}.batch(out=...) needs {len(shapes)} array(s) shaped "
+                              f"like the result {shapes}, got {len(leaves)}")
         for a, shape, path in zip(leaves, shapes, paths):
             if not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.shape != shape \
                     or not a.flags.c_contiguous or not a.flags.writeable:
                 got = (f"{type(a).__name__} {getattr(a, 'dtype', '')} "
                        f"{getattr(a, 'shape', '')}").strip()
-                raise ValueError(f"{fname}.batch: {path} must be a writeable C-contiguous "
-                                 f"float64 array of shape {shape}, got {got}; allocate it "
-                                 f"with numpy.empty({shape})")
+                raise OptionError(f"{fname}.batch: {path} must be a writeable C-contiguous "
+                                  f"float64 array of shape {shape}, got {got}; allocate it "
+                                  f"with numpy.empty({shape})")
             if any(np.may_share_memory(a, x) for x in inputs):
-                raise ValueError(f"{fname}.batch: {path} overlaps an input array; results "
-                                 "are written while inputs are still read, so use a "
-                                 "separate array")
+                raise OptionError(f"{fname}.batch: {path} overlaps an input array; results "
+                                  "are written while inputs are still read, so use a "
+                                  "separate array")
         for i, a in enumerate(leaves):
             if any(np.may_share_memory(a, b) for b in leaves[i + 1:]):
-                raise ValueError(f"{fname}.batch: {paths[i]} overlaps another out array")
+                raise OptionError(f"{fname}.batch: {paths[i]} overlaps another out array")
         return leaves
 
     def _unpack_leaves(self, leaves: list):
@@ -854,6 +898,34 @@ def _batch_chunks(n: int, width: int, threads) -> int:
     return 1 if threads <= 1 or n < 2 * threads else threads
 
 
+def _run_parallel(pool, fn, calls: list) -> None:
+    """Run ``fn(*args)`` for every ``args`` of ``calls`` on ``pool``; raise the first failure
+    once none runs any more.
+
+    The workers write into buffers owned by the caller's frame: an exception here
+    (Ctrl-C while submitting or waiting, a failed chunk) must not unwind that frame while
+    a worker still runs, or native code writes freed memory. Chunks not started are
+    dropped.
+    """
+    futs: list = []
+    try:
+        for args in calls:
+            futs.append(pool.submit(fn, *args))
+        for fut in futs:
+            fut.result()
+    except BaseException:
+        from concurrent.futures import wait
+        for fut in futs:
+            fut.cancel()
+        while True:
+            try:
+                wait(futs)
+                break
+            except BaseException:  # noqa: BLE001 (a second Ctrl-C: keep waiting)
+                continue
+        raise
+
+
 def _pool(n: int):
     global _POOL
     from concurrent.futures import ThreadPoolExecutor
@@ -866,6 +938,46 @@ def _pool(n: int):
 def _count_instructions(text: str) -> int:
     return sum(1 for line in text.splitlines()
                if line.startswith("  ") and not line.lstrip().startswith(";"))
+
+
+def _is_int(v) -> bool:
+    """An int or a numpy integer, not a bool (``True`` as a count is a slip)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_opt_level(opt_level, fname: str):
+    """``opt_level`` as ``"auto"``, an int 0..3 or a pair of them; else OptionError."""
+    if opt_level is None or (isinstance(opt_level, str) and opt_level == "auto"):
+        return "auto"
+    levels = opt_level if isinstance(opt_level, tuple) and len(opt_level) == 2 \
+        else (opt_level,)
+    if not all(_is_int(v) and 0 <= v <= 3 for v in levels):
+        raise OptionError(f"opt_level={opt_level!r} for {fname}: expected 0, 1, 2 or 3 (an "
+                          "int), a pair (IR level, machine-code level) of them, or 'auto'")
+    levels = tuple(int(v) for v in levels)
+    return levels if len(levels) == 2 else levels[0]
+
+
+def _check_fastmath(fastmath, fname: str):
+    """``fastmath`` as a bool or a tuple of LLVM fast-math flag names; else OptionError."""
+    if fastmath is None or isinstance(fastmath, (bool, np.bool_)):
+        return bool(fastmath)
+    flags = (fastmath,) if isinstance(fastmath, str) else fastmath
+    if isinstance(flags, (tuple, list)) and all(isinstance(x, str) for x in flags):
+        from symad.codegen.lower import ALL_FLAGS
+        if all(x in ALL_FLAGS for x in flags):
+            return tuple(flags)
+    raise OptionError(
+        f"fastmath={fastmath!r} for {fname}: expected False (IEEE), True (the safe "
+        "fast-math set) or a tuple of LLVM fast-math flags from "
+        "('nnan', 'ninf', 'nsz', 'arcp', 'contract', 'afn', 'reassoc', 'fast')")
+
+
+def _check_threads(threads, fname: str):
+    if threads is None or (_is_int(threads) and threads >= 1):
+        return threads
+    raise OptionError(f"{fname}.batch(threads={threads!r}): expected None (split large "
+                      "batches over the CPU cores) or a number of threads, an int >= 1")
 
 
 class CompiledFunction:
@@ -883,16 +995,24 @@ class CompiledFunction:
         if not callable(f):
             raise TypeError(f"expected a function to compile, got {type(f).__name__}")
         functools.update_wrapper(self, f)
+        name = getattr(self, "__name__", type(f).__name__)
         self._f = f
         self._grad = grad
+        if argnums is not None:
+            from .api import check_argnums
+            argnums = check_argnums(argnums, name)
         self._argnums = argnums
-        self._fastmath = fastmath
-        self._opt_level = opt_level
-        diskcache.cache_dir(cache)      # validates the option
+        self._fastmath = _check_fastmath(fastmath, name)
+        self._opt_level = _check_opt_level(opt_level, name)
+        if not (cache is None or isinstance(cache, (bool, str, os.PathLike))):
+            raise OptionError(f"cache={cache!r} for {name}: expected None (follow "
+                              f"${diskcache.ENV_VAR}), True, False or a folder path")
+        diskcache.cache_dir(cache)
         self._cache = cache
         self._specs: dict = {}
         self._last: _Specialization | None = None
         self._lock = threading.RLock()
+        _FORK_RENEW.add(self)
         self._entry = self._slow_call
         if not hasattr(self, "__name__"):
             self.__name__ = type(f).__name__
@@ -964,13 +1084,14 @@ class CompiledFunction:
         Returns:
             Like a single call, with a leading axis N on every output leaf.
         """
+        threads = _check_threads(threads, self.__name__)
         leaves, treedef, paths = tree_flatten(args, "")
         if not leaves:
             raise TypeError(f"{self.__name__}.batch needs at least one array argument")
         if any(type(leaf).__module__.startswith("dask.") for leaf in leaves):
             if out is not None:
-                raise ValueError(f"{self.__name__}.batch: out= is not supported with dask "
-                                 "arrays (the results are lazy dask arrays)")
+                raise OptionError(f"{self.__name__}.batch: out= is not supported with dask "
+                                  "arrays (the results are lazy dask arrays)")
             from .dask_batch import dask_batch  # lazy dask arrays in, lazy dask arrays out
             return dask_batch(self, leaves, treedef, paths)
         arrays = []

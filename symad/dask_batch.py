@@ -42,7 +42,9 @@ class _Blocks:
         leaves = [np.asarray(b, dtype=np.float64).reshape((m,) + tuple(s))
                   for b, s in zip(blocks, spec.shapes)]
         outs = spec.batch_flat(leaves, m, threads=1)
-        return np.concatenate([o.reshape(m, -1) for o in outs], axis=1)
+        # sizes spelled out: reshape(m, -1) cannot infer one for an empty chunk
+        return np.concatenate([o.reshape(m, int(np.prod(o.shape[1:], dtype=np.int64)))
+                               for o in outs], axis=1)
 
 
 def dask_batch(compiled, leaves: list, treedef, paths: list):

@@ -11,6 +11,18 @@ class SymadError(Exception):
     """Base class of every error symad raises on purpose."""
 
 
+class OptionError(SymadError, TypeError, ValueError):
+    """An option of a symad function has a wrong type or value.
+
+    The message names the option, the value given and what is accepted; it is a
+    ``TypeError`` and a ``ValueError`` so either ``except`` catches it::
+
+        symad.compile_grad(f, argnums=1.0)       # not a float: argnums=1 or (0, 1)
+        symad.compile(f, opt_level=3.0)          # opt_level=3, (3, 0) or "auto"
+        f.batch(xs, threads=float("nan"))        # threads=None (automatic) or 4
+    """
+
+
 class TracingError(SymadError, TypeError):
     """A traced function did something that cannot be recorded in a graph.
 

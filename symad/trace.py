@@ -507,6 +507,8 @@ def new_input_leaf(graph: Graph, value, path: str):
     arr = as_float_array(value, path)
     if arr.ndim == 0:
         return Tracer(graph.input(path))
+    if arr.size == 0:   # np.ndindex would build an index over the shape: (0, 10**12) fails
+        return np.empty(arr.shape, dtype=object).view(TracedArray)
     flat = np.empty(arr.size, dtype=object)
     for i, idx in enumerate(np.ndindex(arr.shape)):
         flat[i] = Tracer(graph.input(f"{path}[{','.join(map(str, idx))}]"))
