@@ -287,6 +287,7 @@ class _Specialization:
     _graph: Any
     grad_graph: Any
     _fwd_table: Any
+    native: Any
 
     def __init__(self, owner: CompiledFunction, key, args: tuple):
         self._init_signature(owner, key)
@@ -954,8 +955,8 @@ def _check_opt_level(opt_level, fname: str):
     if not all(_is_int(v) and 0 <= v <= 3 for v in levels):
         raise OptionError(f"opt_level={opt_level!r} for {fname}: expected 0, 1, 2 or 3 (an "
                           "int), a pair (IR level, machine-code level) of them, or 'auto'")
-    levels = tuple(int(v) for v in levels)
-    return levels if len(levels) == 2 else levels[0]
+    ints = tuple(int(v) for v in levels)
+    return ints if len(ints) == 2 else ints[0]
 
 
 def _check_fastmath(fastmath, fname: str):
@@ -998,7 +999,7 @@ class CompiledFunction:
         name = getattr(self, "__name__", type(f).__name__)
         self._f = f
         self._grad = grad
-        if argnums is not None:
+        if argnums is not None and argnums is not _ALL_BY_DEFAULT:
             from .api import check_argnums
             argnums = check_argnums(argnums, name)
         self._argnums = argnums
