@@ -350,8 +350,15 @@ class _Specialization:
         live = self.n_nodes = len(graph.live(outputs))
         levels = jit.choose_levels(live, owner._opt_level)
         leaf_sizes = (tuple(self.sizes), tuple(_size(s) for s in self.out_leaf_shapes))
-        key = hashlib.sha256(repr((graph.fingerprint(outputs), len(graph.inputs), flags,
-                                   levels, spec, leaf_sizes)).encode()).hexdigest()
+        # Everything the emitted entries bake in: the fast entry checks the argument
+        # shapes and builds the results from the spec, the batch entry strides by the leaf
+        # sizes, and "auto" picks the single-call machine-code level by itself. Two
+        # functions with one graph but other shapes must not share an entry (a (6,)
+        # entry would accept f's (6,) arguments, which f traces differently).
+        key = hashlib.sha256(repr((
+            graph.fingerprint(outputs), len(graph.inputs), flags, levels,
+            owner._opt_level in (None, "auto"), spec, tuple(self.shapes),
+            tuple(tuple(s) for s in self.out_leaf_shapes), leaf_sizes)).encode()).hexdigest()
         with _CACHE_LOCK:
             native = _CACHE.get(key)
         cached = native is not None
