@@ -1018,8 +1018,10 @@ class CompiledFunction:
             specs = [spec._pickle_state() for spec in self._specs.values()]
             last = self._last.key if self._last is not None else None
         function = _pickle_function(self._f)
+        # The cache folder stays here (None in its slot): it names a path on this machine,
+        # and a receiving process (a Dask worker) follows its own SYMAD_CACHE_DIR.
         options = (self.__name__, self._grad, self._argnums, self._fastmath,
-                   self._opt_level, self._cache)
+                   self._opt_level, None)
         token = hashlib.sha256(repr((options, function, [s["token"] for s in specs])
                                     ).encode()).hexdigest()
         return {"format": _PICKLE_FORMAT, "options": options, "function": function,
@@ -1079,7 +1081,8 @@ def _restore_compiled(state: dict) -> CompiledFunction:
         if hit is not None:
             _RESTORED.move_to_end(token)
             return hit
-    name, grad, argnums, fastmath, opt_level, cache = state["options"]
+    # the last slot (the sender's cache option) is ignored: older pickles carried it
+    name, grad, argnums, fastmath, opt_level, _ = state["options"]
     f = None
     reason = "it was not picklable by reference"
     if state["function"] is not None:
@@ -1090,7 +1093,7 @@ def _restore_compiled(state: dict) -> CompiledFunction:
     if f is None:
         f = _Unavailable(name, reason, [s["key"] for s in state["specs"]])
     cf = CompiledFunction(f, grad=grad, argnums=argnums, fastmath=fastmath,
-                          opt_level=opt_level, cache=cache)
+                          opt_level=opt_level, cache=None)
     cf.__name__ = name
     for sstate in state["specs"]:
         spec = None

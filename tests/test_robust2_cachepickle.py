@@ -4,12 +4,18 @@ memory each compile keeps."""
 
 import gc
 import os
+import pickle
+import shutil
 
 import numpy as np
 import pytest
 
 import symad
 from symad import compiled as compiled_mod
+
+
+def _rosen(x):
+    return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
 
 
 def _drop_memory_caches():
@@ -50,3 +56,33 @@ def test_disk_cache_entries_of_other_shapes_are_not_shared(tmp_path):
     assert f.stats["disk_cache"] == "miss"
     assert f(np.arange(6.0)) == 0.0
     np.testing.assert_array_equal(f.batch(np.stack([np.arange(6.0)] * 3)), [0.0] * 3)
+
+
+# ---- item 19: the cache folder does not travel inside the pickle ----------------------
+
+def test_pickle_leaves_the_cache_folder_behind(tmp_path, monkeypatch):
+    monkeypatch.delenv("SYMAD_CACHE_DIR", raising=False)
+    sender = tmp_path / "sender-only-folder"
+    f = symad.compile_grad(_rosen, cache=sender)
+    x = np.linspace(-1.0, 1.0, 4)
+    want = f(x)
+    blob = pickle.dumps(f)
+    assert b"sender-only-folder" not in blob
+    # a worker without SYMAD_CACHE_DIR: no disk cache, and no folder created
+    del f
+    _drop_memory_caches()
+    shutil.rmtree(sender)
+    g = pickle.loads(blob)
+    assert g._cache is None and g.stats["disk_cache"] is None
+    assert g(x)[0] == want[0]
+    np.testing.assert_array_equal(g(x)[1], want[1])
+    assert not sender.exists()
+    # a worker with its own SYMAD_CACHE_DIR uses that folder
+    worker = tmp_path / "worker"
+    monkeypatch.setenv("SYMAD_CACHE_DIR", str(worker))
+    del g
+    _drop_memory_caches()
+    h = pickle.loads(blob)
+    assert h.stats["disk_cache"] == "miss"
+    assert [n for _, _, names in os.walk(worker) for n in names if n.endswith(".obj")]
+    assert not sender.exists()
