@@ -229,6 +229,94 @@ def _out_leaf(flat: np.ndarray, start: int, shape: tuple):
     return flat[start:start + _size(shape)].reshape(shape)
 
 
+# ---- checks of pickled signatures (tampered bytes must raise SymadError, never crash) ----
+# numpy's limit on dimensions, and a bound on any one extent: an array that large never
+# fits a graph (one node per element), so only a tampered pickle names one.
+_MAX_NDIM = 64
+_MAX_EXTENT = 2**31 - 1
+# Keys are hashed and compared by CPython recursively (no recursion guard in tuple
+# hashing): a tampered key nested deeper than any real argument list could crash it.
+_MAX_TREE_DEPTH = 1_000
+
+
+def _unpickle_error(fname: str, what: str) -> SymadError:
+    return SymadError(f"cannot unpickle {fname}: {what}. The pickle is damaged or was not "
+                      "written by symad; pickle the compiled function again.")
+
+
+def _check_treedef(treedef, fname: str, what: str) -> None:
+    """A well-formed TreeDef (see symad.tree), checked without recursion."""
+    stack = [(treedef, 0)]
+    while stack:
+        td, depth = stack.pop()
+        if depth > _MAX_TREE_DEPTH:
+            raise _unpickle_error(fname, f"the {what} is nested over {_MAX_TREE_DEPTH} "
+                                  "levels deep")
+        ok = isinstance(td, tuple) and len(td) >= 1
+        if ok and td[0] in ("leaf", "none"):
+            ok = len(td) == 1
+        elif ok and td[0] in ("tuple", "list"):
+            ok = len(td) == 2 and isinstance(td[1], tuple)
+        elif ok and td[0] == "dict":
+            ok = len(td) == 3 and isinstance(td[1], tuple) and isinstance(td[2], tuple) \
+                and len(td[1]) == len(td[2])
+            if ok:
+                try:
+                    hash(td[1])
+                except TypeError:
+                    ok = False
+        else:
+            ok = False
+        if not ok:
+            raise _unpickle_error(fname, f"malformed {what} (at {td!r:.80})")
+        if td[0] not in ("leaf", "none"):
+            stack.extend((child, depth + 1) for child in td[-1])
+
+
+def _count_leaves(treedef) -> int:
+    from .tree import num_leaves
+    return num_leaves(treedef)
+
+
+def _checked_shapes(shapes, fname: str, what: str) -> tuple:
+    if not isinstance(shapes, (tuple, list)):
+        raise _unpickle_error(fname, f"the {what} shapes are not a sequence")
+    for shp in shapes:
+        if not (isinstance(shp, tuple) and len(shp) <= _MAX_NDIM and
+                all(type(d) is int and 0 <= d <= _MAX_EXTENT for d in shp)):
+            raise _unpickle_error(fname, f"bad {what} shape {shp!r:.80}")
+    return tuple(shapes)
+
+
+def _checked_key(state, fname: str) -> tuple:
+    """A specialization's pickled key ``(argument tree, leaf shapes)``, checked against
+    its node table's inputs before anything is allocated for those shapes."""
+    if not isinstance(state, dict):
+        raise _unpickle_error(fname, "a specialization's state is not a dict")
+    missing = {"key", "table", "py_spec", "grad", "out"} - set(state)
+    if missing:
+        raise _unpickle_error(fname, f"a specialization's state lacks {sorted(missing)}")
+    key = state["key"]
+    if not (isinstance(key, tuple) and len(key) == 2):
+        raise _unpickle_error(fname, "a specialization key is not (arguments, shapes)")
+    treedef, shapes = key
+    _check_treedef(treedef, fname, "argument structure")
+    if treedef[0] != "tuple":
+        raise _unpickle_error(fname, "the arguments are not a tuple")
+    shapes = _checked_shapes(shapes, fname, "argument")
+    if _count_leaves(treedef) != len(shapes):
+        raise _unpickle_error(fname, f"the argument structure has {_count_leaves(treedef)} "
+                              f"leaves but {len(shapes)} shapes")
+    table = state["table"]
+    inputs = table.get("inputs") if isinstance(table, dict) else None
+    n_in = sum(_size(s) for s in shapes)
+    if not isinstance(inputs, (list, tuple)) or len(inputs) != n_in:
+        raise SymadError(f"cannot unpickle {fname}: the graph has "
+                         f"{len(inputs) if isinstance(inputs, (list, tuple)) else 'no'} "
+                         f"inputs, its signature needs {n_in}")
+    return (treedef, shapes)
+
+
 class _Specialization:
     """One traced, differentiated and compiled signature of a CompiledFunction."""
 
@@ -491,40 +579,72 @@ class _Specialization:
 
     @classmethod
     def _restore(cls, owner: CompiledFunction, state: dict) -> _Specialization:
+        """Rebuild from :meth:`_pickle_state` data, which may have been tampered with:
+        every field is checked against the others before anything is compiled, and the
+        entry's result spec is derived again from the checked signature (never trusted)."""
         from .persist import graph_from_table
+        fname = owner.__name__
+        key = _checked_key(state, fname)
         self = cls.__new__(cls)
-        key = state["key"]
-        for shp in key[1]:
-            if not (isinstance(shp, tuple) and all(isinstance(d, int) and d >= 0
-                                                   for d in shp)):
-                raise SymadError(f"cannot unpickle {owner.__name__}: bad shape {shp!r}")
         self._init_signature(owner, key)
         self.is_grad = state["grad"] is not None
+        if self.is_grad != owner._grad:
+            raise _unpickle_error(fname, "a gradient signature in a compile() function "
+                                  "or the reverse")
         graph, outputs = graph_from_table(state["table"])
         self.outputs, self.n_out = outputs, len(outputs)
-        if state["grad"] is not None:
-            self.grad_nums, self.single, self.grad_trees, self.grad_shapes = state["grad"]
+        if self.is_grad:
+            spec = self._checked_grad_signature(owner, state["grad"])
             self.grad_graph, self._graph = graph, None
             self._fwd_table = state["table"]
-            self._simple_grad = self.single and self.grad_trees[0] == ("leaf",)
             n_expected = 1 + sum(_size(s) for shp in self.grad_shapes for s in shp)
         else:
+            out = state["out"]
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise _unpickle_error(fname, "the output structure is not (tree, shapes)")
+            out_tree, out_shapes = out
+            _check_treedef(out_tree, fname, "output structure")
+            out_shapes = _checked_shapes(out_shapes, fname, "output")
+            if _count_leaves(out_tree) != len(out_shapes):
+                raise _unpickle_error(fname, f"the output structure has "
+                                      f"{_count_leaves(out_tree)} leaves but "
+                                      f"{len(out_shapes)} shapes")
             self.grad_graph, self._graph, self._simple_grad = None, graph, False
-            self.out_tree, self.out_shapes = state["out"]
+            self.out_tree, self.out_shapes = out_tree, list(out_shapes)
+            spec = _result_spec(out_tree, self.out_shapes, 0)
             n_expected = sum(_size(s) for s in self.out_shapes)
         if len(graph.inputs) != self.n_in or self.n_out != n_expected:
-            raise SymadError(f"cannot unpickle {owner.__name__}: the graph has "
+            raise SymadError(f"cannot unpickle {fname}: the graph has "
                              f"{len(graph.inputs)} inputs and {self.n_out} outputs, its "
                              f"signature needs {self.n_in} and {n_expected}")
-        spec = state["py_spec"]
-        if spec is not None:
-            idx = tree_flatten(spec, "")[0]
-            if not all(isinstance(i, int) and 0 <= i < self.n_out for i in idx):
-                raise SymadError(f"cannot unpickle {owner.__name__}: bad result spec")
+        # Derived, so every index and ArrayOut range lies inside the output buffer; a
+        # pickled spec that differs was not written by this signature.
+        spec = self._entry_spec(spec)
+        if repr(spec) != repr(state["py_spec"]):
+            raise _unpickle_error(fname, f"the result spec {state['py_spec']!r:.200} does "
+                                  f"not match its signature (expected {spec!r:.200})")
         self._state = state
         self._build_native(owner, graph, outputs, spec, {"trace": 0.0, "ad": 0.0},
                            {"trace": len(graph.live(outputs))})
         return self
+
+    def _checked_grad_signature(self, owner: CompiledFunction, grad):
+        """Set the gradient signature from the argument structure and the owner's
+        ``argnums`` (as a compile does); the pickled one must agree. Returns the spec."""
+        fname = owner.__name__
+        arg_trees = list(self.treedef[1])
+        arg_shapes, pos = [], 0
+        for td in arg_trees:
+            n = _count_leaves(td)
+            arg_shapes.append(list(self.shapes[pos:pos + n]))
+            pos += n
+        nums, spec = self._grad_signature(owner, len(arg_trees), arg_trees, arg_shapes)
+        expected = (nums, self.single, self.grad_trees, self.grad_shapes)
+        if not (isinstance(grad, tuple) and len(grad) == 4) or \
+                repr(tuple(grad)) != repr(expected):
+            raise _unpickle_error(fname, f"the gradient signature {grad!r:.200} does not "
+                                  "match the arguments and argnums")
+        return spec
 
     @property
     def graph(self):
@@ -1069,40 +1189,79 @@ def _pickle_function(f) -> bytes | None:
         return None
 
 
+# What a malformed state raises where a check did not see it coming: each becomes a
+# SymadError naming the function (a last line of defence after the explicit checks).
+_MALFORMED = (ValueError, TypeError, LookupError, StopIteration, AttributeError,
+              ArithmeticError, RecursionError)
+
+
 def _restore_compiled(state: dict) -> CompiledFunction:
     """Rebuild a CompiledFunction from its pickled graphs (compiles or hits the caches)."""
-    import pickle
     if not isinstance(state, dict) or state.get("format") != _PICKLE_FORMAT:
         raise SymadError("cannot unpickle a symad compiled function: unknown format "
                          "(pickled by another symad version?)")
+    name = "a symad compiled function"
+    options = state.get("options")
+    if isinstance(options, tuple) and options and isinstance(options[0], str):
+        name = options[0]
+    try:
+        return _restore_checked(state, name)
+    except SymadError:
+        raise
+    except _MALFORMED as exc:
+        raise _unpickle_error(name, f"malformed state ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc
+
+
+def _restore_checked(state: dict, name: str) -> CompiledFunction:
+    import pickle
+
+    from symad.codegen import jit, lower
+    missing = {"options", "function", "specs", "last", "token"} - set(state)
+    if missing:
+        raise _unpickle_error(name, f"the state lacks {sorted(missing)}")
     token = state["token"]
+    if not isinstance(token, str):
+        raise _unpickle_error(name, "its token is not a string")
     with _CACHE_LOCK:
         hit = _RESTORED.get(token)
         if hit is not None:
             _RESTORED.move_to_end(token)
             return hit
+    options = state["options"]
+    if not (isinstance(options, tuple) and len(options) == 6 and isinstance(options[0], str)
+            and isinstance(options[1], bool)):
+        raise _unpickle_error(name, f"malformed options {options!r:.200}")
     # the last slot (the sender's cache option) is ignored: older pickles carried it
-    name, grad, argnums, fastmath, opt_level, _ = state["options"]
+    name, grad, argnums, fastmath, opt_level, _ = options
+    lower.fastmath_flags(fastmath)        # ValueError for a bad option, here and not later
+    jit.choose_levels(1, opt_level)
+    specs = state["specs"]
+    if not isinstance(specs, (list, tuple)):
+        raise _unpickle_error(name, "its specializations are not a list")
+    keys = [_checked_key(sstate, name) for sstate in specs]
     f = None
     reason = "it was not picklable by reference"
     if state["function"] is not None:
+        if not isinstance(state["function"], bytes):
+            raise _unpickle_error(name, "its function is not pickled bytes")
         try:
             f = pickle.loads(state["function"])
         except Exception as exc:  # noqa: BLE001 (e.g. defined in another process's __main__)
             reason = f"it could not be imported here: {type(exc).__name__}: {exc}"
     if f is None:
-        f = _Unavailable(name, reason, [s["key"] for s in state["specs"]])
+        f = _Unavailable(name, reason, keys)
     cf = CompiledFunction(f, grad=grad, argnums=argnums, fastmath=fastmath,
                           opt_level=opt_level, cache=None)
     cf.__name__ = name
-    for sstate in state["specs"]:
+    for sstate, key in zip(specs, keys):
         spec = None
         if sstate.get("array") and not isinstance(f, _Unavailable):
             # traced again, so the copy runs the same array-level kernel as the original
-            treedef, shapes = sstate["key"]
+            treedef, shapes = key
             example = tree_unflatten(treedef, [0.0 if s == () else np.zeros(s)
                                                for s in shapes])
-            spec = _ArraySpecialization.attempt(cf, sstate["key"], example)
+            spec = _ArraySpecialization.attempt(cf, key, example)
         if spec is None:
             spec = _Specialization._restore(cf, sstate)
         cf._specs[spec.key] = spec

@@ -2,7 +2,9 @@
 (what travels, what a tampered pickle does), bounded specializations and the LLVM
 memory each compile keeps."""
 
+import concurrent.futures
 import gc
+import multiprocessing
 import os
 import pickle
 import shutil
@@ -86,3 +88,187 @@ def test_pickle_leaves_the_cache_folder_behind(tmp_path, monkeypatch):
     assert h.stats["disk_cache"] == "miss"
     assert [n for _, _, names in os.walk(worker) for n in names if n.endswith(".obj")]
     assert not sender.exists()
+
+
+# ---- item 23: every result structure survives a pickle round trip ----------------------
+
+_VEC = np.linspace(-0.9, 1.7, 6)
+
+
+def _structures():
+    """(name, compiled function, arguments) for every kind of result structure."""
+    return [
+        ("scalar", symad.compile(lambda x, y: np.sin(x) * y), (1.0, 2.0)),
+        ("1-D array", symad.compile(lambda x: np.sin(x) * 2.0 - x), (_VEC,)),
+        ("2-D array", symad.compile(lambda m: np.cos(m) * m), (_VEC.reshape(2, 3),)),
+        ("tuple of mixed", symad.compile(lambda x: (np.sum(x ** 2), np.tanh(x),
+                                                    (x[0] * x[1], np.exp(x[:2])))),
+         (_VEC,)),
+        ("dict", symad.compile(lambda x: {"norm": np.sum(x * x), "sin": np.sin(x)}),
+         (_VEC,)),
+        ("compile_grad, array args",
+         symad.compile_grad(lambda x, w: np.sum(w * np.sin(x)) + x[0] * w[-1]),
+         (_VEC, _VEC[::-1].copy())),
+    ]
+
+
+def _assert_same_tree(got, want):
+    got_leaves, got_tree, _ = symad.tree.tree_flatten(got)
+    want_leaves, want_tree, _ = symad.tree.tree_flatten(want)
+    assert got_tree == want_tree
+    for a, b in zip(got_leaves, want_leaves, strict=True):
+        assert type(a) is type(b)
+        assert np.shape(a) == np.shape(b)
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+@pytest.mark.parametrize("case", range(6), ids=[c[0] for c in _structures()])
+def test_pickle_round_trip_of_every_result_structure(case):
+    _, f, args = _structures()[case]
+    want = f(*args)
+    g = pickle.loads(pickle.dumps(f))
+    assert g is not f
+    _assert_same_tree(g(*args), want)
+    assert (g._entry is g._slow_call) == (f._entry is f._slow_call)   # fast entry kept
+    batch = [np.stack([a, 2 * np.asarray(a)]) for a in args]
+    _assert_same_tree(g.batch(*batch), f.batch(*batch))
+
+
+def _residuals_in_worker(blob, x):
+    return pickle.loads(blob)(x)
+
+
+def test_one_array_result_runs_in_a_spawned_process_pool():
+    # the README's least_squares(symad.compile(res), ...): res returns one 1-D array
+    res = symad.compile(lambda p: np.array([10.0 * (p[1] - p[0] ** 2), 1.0 - p[0]]))
+    x = np.array([-1.2, 1.0])
+    want = res(x)
+    ctx = multiprocessing.get_context("spawn")   # a fresh interpreter, as on a cluster
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        got = pool.submit(_residuals_in_worker, pickle.dumps(res), x).result(timeout=120)
+    assert isinstance(got, np.ndarray) and got.shape == (2,)
+    assert got.tobytes() == want.tobytes()
+
+
+# ---- items 14 and 25: tampered pickles raise SymadError, never crash or leak ----------
+
+def _state_of(f, *args):
+    f(*args)
+    return f._pickle_state()
+
+
+def _tampered(state, n, **spec_fields):
+    """``state`` with its first specialization's fields replaced (a fresh token, so the
+    per-process cache of restored functions does not answer)."""
+    spec = dict(state["specs"][0], **spec_fields)
+    return dict(state, token=f"tampered-{n}", specs=[spec] + list(state["specs"][1:]))
+
+
+def _restore_raises(state, match):
+    with pytest.raises(symad.SymadError, match=match) as info:
+        compiled_mod._restore_compiled(state)
+    return info.value
+
+
+def test_result_spec_ranges_are_checked_against_the_outputs():
+    from symad.codegen.abi import ArrayOut
+    state = _state_of(symad.compile(lambda m: np.cos(m) * m), np.ones((2, 3)))
+    assert state["specs"][0]["py_spec"] == ArrayOut((0, (2, 3)))
+    # in range by the old check (every int below n_out = 6) but copying 25 doubles from
+    # output 5 on: past the entry's stack buffer into the returned array
+    _restore_raises(_tampered(state, 1, py_spec=ArrayOut((5, (5, 5)))), "result spec")
+    _restore_raises(_tampered(state, 2, py_spec=ArrayOut((0, (3, 2)))), "result spec")
+    _restore_raises(_tampered(state, 3, py_spec=ArrayOut((0, (4000, 4000)))),
+                    "result spec")
+    _restore_raises(_tampered(state, 4, py_spec=(0, 1)), "result spec")
+    # output shapes must account for the graph's outputs
+    _restore_raises(_tampered(state, 5, out=(("leaf",), [(7,)])), "outputs")
+    _restore_raises(_tampered(state, 6, out=(("leaf",), [(2, -3)])), "shape")
+    # the key's shapes must match the graph's inputs (before anything is allocated)
+    _restore_raises(_tampered(state, 7, key=(("tuple", (("leaf",),)), ((10**6, 10**6),))),
+                    "inputs")
+
+
+def test_grad_signature_must_match_arguments_and_argnums():
+    f = symad.compile_grad(lambda x, w: np.sum(w * np.sin(x)))
+    state = _state_of(f, np.ones(3), np.ones(3))
+    nums, single, trees, shapes = state["specs"][0]["grad"]
+    _restore_raises(_tampered(state, 1, grad=(nums, single, trees, [[(9,)], [(3,)]])),
+                    "gradient signature")
+    _restore_raises(_tampered(state, 2, grad=((0,), True, trees[:1], shapes[:1])),
+                    "gradient signature")
+    _restore_raises(_tampered(state, 3, grad=None), "gradient")
+
+
+def _replace_row(table, op, new_row):
+    rows = list(table["rows"])
+    k = next(i for i, r in enumerate(rows) if r[0] == op)
+    rows[k] = new_row(rows[k])
+    return dict(table, rows=rows)
+
+
+@pytest.mark.parametrize("exponent", [2**31, 2**60000, -2**40, True, 3.0],
+                         ids=["2**31", "2**60000", "-2**40", "True", "3.0"])
+def test_attributes_are_checked_per_op(exponent):
+    state = _state_of(symad.compile(lambda x: x ** 3 + np.sin(x)), 1.5)
+    table = _replace_row(state["specs"][0]["table"], "powi",
+                         lambda r: (r[0], r[1], (exponent,)))
+    _restore_raises(_tampered(state, 1, table=table), "powi needs one integer exponent")
+
+
+def test_attributes_on_ops_that_take_none_are_refused():
+    state = _state_of(symad.compile(lambda x: x ** 3 + np.sin(x)), 1.5)
+    table = _replace_row(state["specs"][0]["table"], "sin", lambda r: (r[0], r[1], (1,)))
+    _restore_raises(_tampered(state, 1, table=table), "sin takes no attributes")
+    # the untampered state restores and computes
+    g = compiled_mod._restore_compiled(dict(state, token="untampered"))
+    assert g(1.5) == 1.5 ** 3 + np.sin(1.5)
+
+
+def _malformed_states(state):
+    spec0 = state["specs"][0]
+    table = spec0["table"]
+    yield "specs", dict(state, specs=5)
+    yield "spec-dict", dict(state, specs=["not a dict"])
+    yield "spec-missing", dict(state, specs=[{"key": spec0["key"]}])
+    yield "key", _tampered(state, 0, key="nonsense")
+    yield "key-tree", _tampered(state, 0, key=(("tuple", "x"), ((3,),)))
+    yield "key-leaves", _tampered(state, 0, key=(("tuple", (("leaf",),) * 2), ((3,),)))
+    yield "key-deep", _tampered(state, 0, key=(_deep_tree(100_000), ((3,),)))
+    yield "key-dims", _tampered(state, 0, key=(spec0["key"][0], ((3.0,),)))
+    yield "table", _tampered(state, 0, table="nonsense")
+    yield "rows", _tampered(state, 0, table=dict(table, rows=None))
+    yield "row", _tampered(state, 0, table=dict(table, rows=[("sin",)]))
+    yield "row-op", _tampered(state, 0, table=dict(table, rows=[([], (), ())]))
+    yield "inputs", _tampered(state, 0, table=dict(table, inputs=[0, "1", 2]))
+    yield "inputs-repeated", _tampered(state, 0, table=dict(table, inputs=[0, 0, 0]))
+    yield "outputs", _tampered(state, 0, table=dict(table, outputs=[10**9]))
+    yield "out", _tampered(state, 0, out=None)
+    yield "out-tree", _tampered(state, 0, out=(("dict", ("a",), ()), [(3,)]))
+    yield "options", dict(state, token="t-options", options=("f", True))
+    yield "fastmath", dict(state, token="t-fastmath",
+                           options=state["options"][:3] + ("bogus",) + state["options"][4:])
+    yield "opt_level", dict(state, token="t-opt",
+                            options=state["options"][:4] + (9,) + state["options"][5:])
+    yield "token", dict(state, token=["unhashable"])
+    yield "function", dict(state, token="t-function", function="not bytes")
+    yield "no-token", {k: v for k, v in state.items() if k != "token"}
+
+
+def _deep_tree(depth):
+    td = ("leaf",)
+    for _ in range(depth):
+        td = ("tuple", (td,))
+    return ("tuple", (td,))
+
+
+def test_malformed_states_raise_symad_errors_naming_the_problem():
+    state = _state_of(symad.compile(lambda x: np.sin(x) * 2.0), np.ones(3))
+    _restore_raises(_tampered(state, 0, key=(_deep_tree(100_000), ((3,),))), "nested")
+    for what, bad in _malformed_states(state):
+        try:
+            compiled_mod._restore_compiled(bad)
+        except symad.SymadError as exc:
+            assert "unpickle" in str(exc) or "rebuild" in str(exc), (what, exc)
+        else:
+            pytest.fail(f"{what}: restored a malformed state")
