@@ -54,6 +54,10 @@ _expose_source_backend()
 _CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> _Native
 _RECENT: collections.OrderedDict = collections.OrderedDict()  # strong refs, bounded LRU
 _RECENT_MAX = 64
+# Specializations (argument shapes) one CompiledFunction keeps by default, least recently
+# used dropped first: each owns a JIT engine, about 1.3 MB (300 shapes held 380 MB).
+# ``compile(f, max_specializations=n)`` sets it per function.
+MAX_SPECIALIZATIONS = 32
 _CACHE_LOCK = threading.Lock()
 _POOL = None
 _POOL_LOCK = threading.Lock()
@@ -126,6 +130,21 @@ class _Native:
         """``llvm_ir``, ``optimized_ir`` or ``asm`` of every entry (compiles the batch one)."""
         self.batch  # noqa: B018 (inspection shows every entry, so build the batch one)
         return getattr(self.module, attr) + "\n" + getattr(self.batch_module, attr)
+
+
+def _forget_natives(specs: list) -> None:
+    """Let the native code of dropped specializations go: out of the strong LRU of recent
+    natives (the weak cache keeps it for any other function still using it)."""
+    gone = set()
+    for spec in specs:
+        for s in (spec, getattr(spec, "_scalar_spec", None)):
+            native = getattr(s, "native", None)
+            if native is not None:
+                gone.add(id(native))
+    if gone:
+        with _CACHE_LOCK:
+            for key in [k for k, v in _RECENT.items() if id(v) in gone]:
+                del _RECENT[key]
 
 
 def _emit_body(lower, module, graph, outputs, name: str, flags, fname: str, plan=None):
@@ -382,8 +401,10 @@ class _Specialization:
 
     def _attach_fast_entry(self, owner: CompiledFunction) -> None:
         from symad.codegen import abi
-        self._keepalive: list = []
         native = self.native
+        # The entry object holds this list (so its method table and the engine running
+        # its code): a call in flight outlives the specialization being evicted.
+        self._keepalive: list = [native]
         if native.py_address is not None:
             self.fast = abi.make_py_callable(native.py_address, owner.__name__,
                                              owner._slow_call, native.py_spec,
@@ -991,9 +1012,15 @@ class CompiledFunction:
     """
 
     def __init__(self, f: Callable, *, grad: bool, argnums=None, fastmath=False,
-                 opt_level="auto", cache=None):
+                 opt_level="auto", cache=None, max_specializations=None):
         if not callable(f):
             raise TypeError(f"expected a function to compile, got {type(f).__name__}")
+        if max_specializations is None:
+            max_specializations = MAX_SPECIALIZATIONS
+        if type(max_specializations) is not int or max_specializations < 1:
+            raise ValueError(f"max_specializations must be a positive int (or None for "
+                             f"MAX_SPECIALIZATIONS = {MAX_SPECIALIZATIONS}), not "
+                             f"{max_specializations!r}")
         functools.update_wrapper(self, f)
         self._f = f
         self._grad = grad
@@ -1002,7 +1029,9 @@ class CompiledFunction:
         self._opt_level = opt_level
         diskcache.cache_dir(cache)      # validates the option
         self._cache = cache
-        self._specs: dict = {}
+        # key -> specialization, least recently used first (bounded, see _admit)
+        self._specs: collections.OrderedDict = collections.OrderedDict()
+        self._max_specs = max_specializations
         self._last: _Specialization | None = None
         self._lock = threading.RLock()
         self._entry = self._slow_call
@@ -1014,10 +1043,29 @@ class CompiledFunction:
 
     def _slow_call(self, *args):
         leaves, key = _flatten_call(args)
-        spec = self._specs.get(key)
+        spec = self._used(key)
         if spec is None:
             spec = self._specialize(key, args)
         return spec.call(leaves)
+
+    def _used(self, key) -> _Specialization | None:
+        """The specialization for ``key``, marked most recently used, or None."""
+        spec = self._specs.get(key)
+        if spec is not None:
+            try:
+                self._specs.move_to_end(key)
+            except KeyError:     # evicted by another thread meanwhile: still usable
+                pass
+        return spec
+
+    def _spec_for(self, key) -> _Specialization:
+        """The specialization for ``key``, compiled again from zeros if it was evicted."""
+        spec = self._used(key)
+        if spec is None:
+            treedef, shapes = key
+            spec = self._specialize(key, tree_unflatten(
+                treedef, [0.0 if s == () else np.zeros(s) for s in shapes]))
+        return spec
 
     def _specialize(self, key, args) -> _Specialization:
         with self._lock:
@@ -1033,11 +1081,44 @@ class CompiledFunction:
                     finally:
                         if enabled:
                             gc.enable()
-                self._specs[key] = spec
-                if spec.fast is not None and self._entry == self._slow_call:
-                    self._entry = spec.fast
+                self._admit(key, spec)
             self._last = spec
             return spec
+
+    def _admit(self, key, spec: _Specialization) -> None:
+        """Add ``spec`` (under ``self._lock``), evicting the least recently used ones
+        beyond ``max_specializations``: each holds a JIT engine (~1.3 MB)."""
+        specs = self._specs
+        specs[key] = spec
+        specs.move_to_end(key)
+        if spec.fast is not None and self._entry == self._slow_call:
+            self._entry = spec.fast
+        dropped = []
+        while len(specs) > self._max_specs:
+            # Calls through the fast entry never reach _used, so its specialization
+            # looks unused: it goes last, when nothing else is left to evict.
+            victim = next((k for k, s in specs.items() if s is not spec and
+                           (s.fast is None or s.fast is not self._entry)), None)
+            if victim is None:
+                victim = next(k for k, s in specs.items() if s is not spec)
+            old = specs.pop(victim)
+            if old.fast is not None and old.fast is self._entry:
+                self._entry = spec.fast if spec.fast is not None else self._slow_call
+            if self._last is old:
+                self._last = spec
+            dropped.append(old)
+        _forget_natives(dropped)
+
+    def clear(self) -> None:
+        """Drop every specialization and its native code (unless another live function
+        shares it): the next call traces and compiles again. Pickling afterwards carries
+        no specialization."""
+        with self._lock:
+            dropped = list(self._specs.values())
+            self._specs.clear()
+            self._last = None
+            self._entry = self._slow_call
+        _forget_natives(dropped)
 
     def batch(self, *args, threads: int | None = None, out=None):
         """Evaluate at N points in one native call (the leading axis of every leaf).
@@ -1086,7 +1167,7 @@ class CompiledFunction:
                 raise ValueError(f"batch argument {path} has {a.shape[0]} points but "
                                  f"{paths[0] or '[0]'} has {n}; all leading axes must agree")
         key = (treedef, tuple(a.shape[1:] for a in arrays))
-        spec = self._specs.get(key)
+        spec = self._used(key)
         if spec is None:
             example = tree_unflatten(treedef, [a[0] if n else np.zeros(a.shape[1:])
                                                for a in arrays])
@@ -1142,10 +1223,11 @@ class CompiledFunction:
         # and a receiving process (a Dask worker) follows its own SYMAD_CACHE_DIR.
         options = (self.__name__, self._grad, self._argnums, self._fastmath,
                    self._opt_level, None)
-        token = hashlib.sha256(repr((options, function, [s["token"] for s in specs])
-                                    ).encode()).hexdigest()
+        token = hashlib.sha256(repr((options, function, [s["token"] for s in specs],
+                                     self._max_specs)).encode()).hexdigest()
         return {"format": _PICKLE_FORMAT, "options": options, "function": function,
-                "specs": specs, "last": last, "token": token}
+                "specs": specs, "last": last, "token": token,
+                "max_specializations": self._max_specs}
 
     def __repr__(self) -> str:
         kind = "compile_grad" if self._grad else "compile"
@@ -1251,8 +1333,10 @@ def _restore_checked(state: dict, name: str) -> CompiledFunction:
             reason = f"it could not be imported here: {type(exc).__name__}: {exc}"
     if f is None:
         f = _Unavailable(name, reason, keys)
+    # (absent from older pickles; a bad one is a ValueError, reported as malformed)
     cf = CompiledFunction(f, grad=grad, argnums=argnums, fastmath=fastmath,
-                          opt_level=opt_level, cache=None)
+                          opt_level=opt_level, cache=None,
+                          max_specializations=state.get("max_specializations"))
     cf.__name__ = name
     for sstate, key in zip(specs, keys):
         spec = None
@@ -1264,9 +1348,7 @@ def _restore_checked(state: dict, name: str) -> CompiledFunction:
             spec = _ArraySpecialization.attempt(cf, key, example)
         if spec is None:
             spec = _Specialization._restore(cf, sstate)
-        cf._specs[spec.key] = spec
-        if spec.fast is not None and cf._entry == cf._slow_call:
-            cf._entry = spec.fast
+        cf._admit(spec.key, spec)
         if spec.key == state["last"]:
             cf._last = spec
     with _CACHE_LOCK:
@@ -1277,7 +1359,7 @@ def _restore_checked(state: dict, name: str) -> CompiledFunction:
 
 
 def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001
-            cache=None) -> CompiledFunction:
+            cache=None, max_specializations=None) -> CompiledFunction:
     """Compile any traceable function to native code.
 
     Args:
@@ -1288,7 +1370,12 @@ def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001
             very large graphs).
         cache: the on-disk compile cache (:mod:`symad.diskcache`): ``None`` follows the
             environment variable ``SYMAD_CACHE_DIR``, ``True`` enables it, ``False``
-            disables it, a path names its folder.
+            disables it, a path names its folder. Not pickled: an unpickled copy
+            follows the receiving process's ``SYMAD_CACHE_DIR``.
+        max_specializations: how many argument signatures (structure and shapes) keep
+            their native code, least recently used dropped first (each holds a JIT
+            engine, ~1.3 MB; a dropped one compiles again when called). ``None``:
+            ``symad.compiled.MAX_SPECIALIZATIONS`` (32). ``f.clear()`` drops them all.
 
     Returns:
         A :class:`CompiledFunction` returning ``f``'s output structure.
@@ -1299,11 +1386,11 @@ def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001
     1.682941969616
     """
     return CompiledFunction(f, grad=False, fastmath=fastmath, opt_level=opt_level,
-                            cache=cache)
+                            cache=cache, max_specializations=max_specializations)
 
 
 def compile_grad(f: Callable | None = None, *, argnums=None, fastmath=False,
-                 opt_level="auto", cache=None):
+                 opt_level="auto", cache=None, max_specializations=None):
     """Compile ``f`` and its gradient into one native function returning both.
 
     Usable bare (``@compile_grad``) or with options (``@compile_grad(argnums=0)``).
@@ -1312,7 +1399,7 @@ def compile_grad(f: Callable | None = None, *, argnums=None, fastmath=False,
         f: a function returning one scalar.
         argnums: ``None`` (all positional arguments: one argument gives its gradient
             bare, several a tuple), an int (that argument's gradient, bare) or a tuple.
-        fastmath, opt_level, cache: as for :func:`compile`.
+        fastmath, opt_level, cache, max_specializations: as for :func:`compile`.
 
     Returns:
         A :class:`CompiledFunction`; calling it returns ``(value, gradient)``.
@@ -1327,5 +1414,6 @@ def compile_grad(f: Callable | None = None, *, argnums=None, fastmath=False,
     """
     def wrap(fn):
         return CompiledFunction(fn, grad=True, argnums=argnums, fastmath=fastmath,
-                                opt_level=opt_level, cache=cache)
+                                opt_level=opt_level, cache=cache,
+                                max_specializations=max_specializations)
     return wrap if f is None else wrap(f)

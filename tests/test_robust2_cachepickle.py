@@ -8,6 +8,8 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -272,3 +274,98 @@ def test_malformed_states_raise_symad_errors_naming_the_problem():
             assert "unpickle" in str(exc) or "rebuild" in str(exc), (what, exc)
         else:
             pytest.fail(f"{what}: restored a malformed state")
+
+
+# ---- item 21: specializations are bounded (LRU) and clear() drops them ----------------
+
+def _natives(f):
+    return [weakref.ref(s.native) for s in f._specs.values()]
+
+
+def test_specializations_are_bounded_least_recently_used_first():
+    f = symad.compile(lambda x: np.sum(np.sin(x)) * 2.0, max_specializations=3)
+    for n in range(1, 7):
+        assert f(np.ones(n)) == pytest.approx(2.0 * n * np.sin(1.0))
+    # the first shape serves the fast entry and stays; the two most recent stay
+    assert [k[1] for k in f._specs] == [((1,),), ((5,),), ((6,),)]
+    assert f._entry is f._specs[compiled_mod._flatten_call((np.ones(1),))[1]].fast
+    f(np.ones(5))             # now used more recently than (6,)
+    assert f(np.ones(2)) == pytest.approx(4.0 * np.sin(1.0))    # compiled again
+    assert [k[1] for k in f._specs] == [((1,),), ((5,),), ((2,),)]
+    assert repr(f).endswith("3 specialization(s)>")
+
+
+def test_evicted_native_code_is_freed():
+    f = symad.compile(lambda x: np.sum(np.cos(x)) - 1.0, max_specializations=2)
+    f(np.ones(11))
+    f(np.ones(12))
+    (_, second) = _natives(f)
+    f(np.ones(13))            # evicts (12,): the fast entry's (11,) stays
+    gc.collect()
+    assert second() is None
+    assert f(np.ones(12)) == pytest.approx(12 * np.cos(1.0) - 1.0)
+
+
+def test_a_bound_of_one_moves_the_fast_entry():
+    f = symad.compile_grad(lambda x: np.sum(x ** 3), max_specializations=1)
+    value, grad = f(np.full(2, 2.0))
+    old_entry = f._entry
+    assert value == 16.0 and list(grad) == [12.0, 12.0]
+    value, grad = f(np.full(3, 2.0))
+    assert value == 24.0 and list(grad) == [12.0] * 3
+    assert len(f._specs) == 1 and f._entry is not old_entry
+    assert f._entry is next(iter(f._specs.values())).fast
+    assert old_entry(np.full(2, 2.0))[0] == 16.0    # a stale entry object still works
+
+
+def test_clear_drops_every_specialization():
+    f = symad.compile(lambda x, y: np.sin(x) * y - 0.125)   # a graph no other test has
+    assert f(1.0, 2.0) == np.sin(1.0) * 2.0 - 0.125
+    f(np.ones(2), 3.0)
+    natives = _natives(f)
+    f.clear()
+    assert len(f._specs) == 0 and f._entry == f._slow_call
+    with pytest.raises(symad.SymadError, match="call it once"):
+        f.stats  # noqa: B018
+    gc.collect()
+    assert all(r() is None for r in natives)
+    assert f(1.0, 2.0) == np.sin(1.0) * 2.0 - 0.125
+    assert len(f._specs) == 1
+
+
+def test_max_specializations_is_checked_and_pickled():
+    for bad in (0, -1, 2.5, "3"):
+        with pytest.raises(ValueError, match="max_specializations"):
+            symad.compile(np.sin, max_specializations=bad)
+    f = symad.compile(lambda x: np.sin(x) + 1.0, max_specializations=2)
+    for n in (1, 2, 3):
+        f(np.ones(n))
+    g = pickle.loads(pickle.dumps(f))
+    assert g._max_specs == 2 and len(g._specs) == 2
+    assert compiled_mod.MAX_SPECIALIZATIONS == symad.compile(np.sin)._max_specs
+
+
+def test_eviction_while_other_threads_call_the_fast_entry():
+    f = symad.compile(lambda x: np.sum(x * x), max_specializations=1)
+    x = np.arange(4.0)
+    assert f(x) == 14.0
+    stop, errors = threading.Event(), []
+
+    def caller():
+        entry = f._entry          # keep calling one entry object while it is evicted
+        while not stop.is_set():
+            if entry(x) != 14.0:
+                errors.append("wrong value")
+
+    threads = [threading.Thread(target=caller) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(5, 15):
+            assert f(np.ones(n)) == n
+            gc.collect()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
