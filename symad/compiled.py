@@ -1118,6 +1118,10 @@ class CompiledFunction:
             self._specs.clear()
             self._last = None
             self._entry = self._slow_call
+        with _CACHE_LOCK:
+            # unpickling the same bytes again must rebuild them, not return this one
+            for token in [t for t, cf in _RESTORED.items() if cf is self]:
+                del _RESTORED[token]
         _forget_natives(dropped)
 
     def batch(self, *args, threads: int | None = None, out=None):

@@ -333,6 +333,17 @@ def test_clear_drops_every_specialization():
     assert len(f._specs) == 1
 
 
+def test_clearing_an_unpickled_lambda_does_not_spoil_the_next_unpickle():
+    f = symad.compile(lambda x: np.tan(x) * 0.5)
+    want = f(0.3)
+    blob = pickle.dumps(f)
+    g = pickle.loads(blob)
+    g.clear()
+    with pytest.raises(symad.SymadError, match="without its Python function"):
+        g(0.3)
+    assert pickle.loads(blob)(0.3) == want
+
+
 def test_max_specializations_is_checked_and_pickled():
     for bad in (0, -1, 2.5, "3"):
         with pytest.raises(ValueError, match="max_specializations"):
