@@ -18,6 +18,7 @@ import ctypes
 import functools
 import gc
 import hashlib
+import itertools
 import numbers
 import os
 import threading
@@ -58,6 +59,7 @@ _RECENT_MAX = 64
 # used dropped first: each owns a JIT engine, about 1.3 MB (300 shapes held 380 MB).
 # ``compile(f, max_specializations=n)`` sets it per function.
 MAX_SPECIALIZATIONS = 32
+_tick = itertools.count().__next__      # use order of specializations (atomic in CPython)
 _CACHE_LOCK = threading.Lock()
 _POOL = None
 _POOL_LOCK = threading.Lock()
@@ -342,6 +344,7 @@ class _Specialization:
     _graph: Any
     grad_graph: Any
     _fwd_table: Any
+    used = 0       # when last called through the Python path (CompiledFunction._admit)
 
     def __init__(self, owner: CompiledFunction, key, args: tuple):
         self._init_signature(owner, key)
@@ -1029,8 +1032,8 @@ class CompiledFunction:
         self._opt_level = opt_level
         diskcache.cache_dir(cache)      # validates the option
         self._cache = cache
-        # key -> specialization, least recently used first (bounded, see _admit)
-        self._specs: collections.OrderedDict = collections.OrderedDict()
+        # key -> specialization; each has a ``used`` tick (bounded, see _admit)
+        self._specs: dict = {}
         self._max_specs = max_specializations
         self._last: _Specialization | None = None
         self._lock = threading.RLock()
@@ -1043,19 +1046,18 @@ class CompiledFunction:
 
     def _slow_call(self, *args):
         leaves, key = _flatten_call(args)
-        spec = self._used(key)
+        spec = self._specs.get(key)
         if spec is None:
             spec = self._specialize(key, args)
+        else:
+            spec.used = _tick()  # for eviction (cheaper than reordering: one hash less)
         return spec.call(leaves)
 
     def _used(self, key) -> _Specialization | None:
         """The specialization for ``key``, marked most recently used, or None."""
         spec = self._specs.get(key)
         if spec is not None:
-            try:
-                self._specs.move_to_end(key)
-            except KeyError:     # evicted by another thread meanwhile: still usable
-                pass
+            spec.used = _tick()
         return spec
 
     def _spec_for(self, key) -> _Specialization:
@@ -1090,17 +1092,17 @@ class CompiledFunction:
         beyond ``max_specializations``: each holds a JIT engine (~1.3 MB)."""
         specs = self._specs
         specs[key] = spec
-        specs.move_to_end(key)
+        spec.used = _tick()
         if spec.fast is not None and self._entry == self._slow_call:
             self._entry = spec.fast
         dropped = []
         while len(specs) > self._max_specs:
-            # Calls through the fast entry never reach _used, so its specialization
-            # looks unused: it goes last, when nothing else is left to evict.
-            victim = next((k for k, s in specs.items() if s is not spec and
-                           (s.fast is None or s.fast is not self._entry)), None)
-            if victim is None:
-                victim = next(k for k, s in specs.items() if s is not spec)
+            # Calls through the fast entry never tick, so its specialization looks
+            # unused: it goes last, when nothing else is left to evict.
+            others = [k for k, s in specs.items() if s is not spec]
+            victim = min(others, key=lambda k: (specs[k].fast is not None and
+                                                specs[k].fast is self._entry,
+                                                specs[k].used))
             old = specs.pop(victim)
             if old.fast is not None and old.fast is self._entry:
                 self._entry = spec.fast if spec.fast is not None else self._slow_call
