@@ -1011,7 +1011,9 @@ class CompiledFunction:
     with the gradient in the structure of the differentiated arguments; for ``compile``
     it returns ``f``'s output structure. Inspection attributes describe the most recently
     compiled specialization: ``graph``, ``grad_graph``, ``llvm_ir``, ``optimized_ir``,
-    ``asm``, ``stats``.
+    ``asm``, ``stats``. At most ``max_specializations`` signatures keep native code
+    (least recently used dropped first, compiled again when called); ``clear()`` drops
+    them all.
     """
 
     def __init__(self, f: Callable, *, grad: bool, argnums=None, fastmath=False,
