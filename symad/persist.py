@@ -96,12 +96,12 @@ def graph_from_table(table: dict) -> tuple[Graph, list[Node]]:
             operands = tuple(nodes[a] for a in args)
             node = graph._intern((op, operands, attrs), op, operands, attrs)
         nodes.append(node)
-    indices = (table.get("inputs"), table.get("outputs"))
-    if not all(isinstance(ix, (list, tuple)) and
-               all(type(i) is int and 0 <= i < len(nodes) for i in ix) for ix in indices):
+    inputs, outs = table.get("inputs"), table.get("outputs")
+    if not (isinstance(inputs, (list, tuple)) and isinstance(outs, (list, tuple)) and
+            all(type(i) is int and 0 <= i < len(nodes) for i in (*inputs, *outs))):
         raise _bad("input or output index out of range")
-    graph.inputs = [nodes[i] for i in indices[0]]
-    outputs = [nodes[i] for i in indices[1]]
+    graph.inputs = [nodes[i] for i in inputs]
+    outputs = [nodes[i] for i in outs]
     if any(n.op != "input" for n in graph.inputs):
         raise _bad("an input index names a non-input row")
     # lowering reads every input row from its slot in graph.inputs: exactly one each
