@@ -585,10 +585,13 @@ def make_py_callable(address: int, name: str, fallback, result_spec, keepalive: 
     Its ``self`` is the tuple ``(fallback, numpy.empty, *shapes of array results)``;
     ``fallback`` is called for any argument list the entry does not handle. The
     ``PyMethodDef`` must outlive the function object, so it is appended to
-    ``keepalive``, which the owner of the JIT engine holds.
+    ``keepalive``, which the caller fills with what else the code needs alive (the JIT
+    engine) and which ends ``self``: the function object keeps it all, whoever else
+    lets go. The emitted code never reads that last slot.
     """
     name_b = name.encode()
     mdef = _PyMethodDef(name_b, address, METH_FASTCALL, None)
     keepalive.extend((mdef, name_b))
     shapes = tuple(tuple(int(d) for d in leaf.shape) for leaf in array_outs(result_spec))
-    return _NEW_CFUNCTION(ctypes.addressof(mdef), (fallback, np.empty) + shapes, None)
+    return _NEW_CFUNCTION(ctypes.addressof(mdef), (fallback, np.empty) + shapes +
+                          (keepalive,), None)

@@ -18,6 +18,7 @@ import ctypes
 import functools
 import gc
 import hashlib
+import itertools
 import numbers
 import os
 import threading
@@ -54,6 +55,11 @@ _expose_source_backend()
 _CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> _Native
 _RECENT: collections.OrderedDict = collections.OrderedDict()  # strong refs, bounded LRU
 _RECENT_MAX = 64
+# Specializations (argument shapes) one CompiledFunction keeps by default, least recently
+# used dropped first: each owns a JIT engine, about 1.3 MB (300 shapes held 380 MB).
+# ``compile(f, max_specializations=n)`` sets it per function.
+MAX_SPECIALIZATIONS = 32
+_tick = itertools.count().__next__      # use order of specializations (atomic in CPython)
 _CACHE_LOCK = threading.Lock()
 _POOL = None
 _POOL_LOCK = threading.Lock()
@@ -151,6 +157,21 @@ class _Native:
         """``llvm_ir``, ``optimized_ir`` or ``asm`` of every entry (compiles the batch one)."""
         self.batch  # noqa: B018 (inspection shows every entry, so build the batch one)
         return getattr(self.module, attr) + "\n" + getattr(self.batch_module, attr)
+
+
+def _forget_natives(specs: list) -> None:
+    """Let the native code of dropped specializations go: out of the strong LRU of recent
+    natives (the weak cache keeps it for any other function still using it)."""
+    gone = set()
+    for spec in specs:
+        for s in (spec, getattr(spec, "_scalar_spec", None)):
+            native = getattr(s, "native", None)
+            if native is not None:
+                gone.add(id(native))
+    if gone:
+        with _CACHE_LOCK:
+            for key in [k for k, v in _RECENT.items() if id(v) in gone]:
+                del _RECENT[key]
 
 
 def _emit_body(lower, module, graph, outputs, name: str, flags, fname: str, plan=None):
@@ -281,6 +302,94 @@ def _out_leaf(flat: np.ndarray, start: int, shape: tuple):
     return flat[start:start + _size(shape)].reshape(shape)
 
 
+# ---- checks of pickled signatures (tampered bytes must raise SymadError, never crash) ----
+# numpy's limit on dimensions, and a bound on any one extent: an array that large never
+# fits a graph (one node per element), so only a tampered pickle names one.
+_MAX_NDIM = 64
+_MAX_EXTENT = 2**31 - 1
+# Keys are hashed and compared by CPython recursively (no recursion guard in tuple
+# hashing): a tampered key nested deeper than any real argument list could crash it.
+_MAX_TREE_DEPTH = 1_000
+
+
+def _unpickle_error(fname: str, what: str) -> SymadError:
+    return SymadError(f"cannot unpickle {fname}: {what}. The pickle is damaged or was not "
+                      "written by symad; pickle the compiled function again.")
+
+
+def _check_treedef(treedef, fname: str, what: str) -> None:
+    """A well-formed TreeDef (see symad.tree), checked without recursion."""
+    stack = [(treedef, 0)]
+    while stack:
+        td, depth = stack.pop()
+        if depth > _MAX_TREE_DEPTH:
+            raise _unpickle_error(fname, f"the {what} is nested over {_MAX_TREE_DEPTH} "
+                                  "levels deep")
+        ok = isinstance(td, tuple) and len(td) >= 1
+        if ok and td[0] in ("leaf", "none"):
+            ok = len(td) == 1
+        elif ok and td[0] in ("tuple", "list"):
+            ok = len(td) == 2 and isinstance(td[1], tuple)
+        elif ok and td[0] == "dict":
+            ok = len(td) == 3 and isinstance(td[1], tuple) and isinstance(td[2], tuple) \
+                and len(td[1]) == len(td[2])
+            if ok:
+                try:
+                    hash(td[1])
+                except TypeError:
+                    ok = False
+        else:
+            ok = False
+        if not ok:
+            raise _unpickle_error(fname, f"malformed {what} (at {td!r:.80})")
+        if td[0] not in ("leaf", "none"):
+            stack.extend((child, depth + 1) for child in td[-1])
+
+
+def _count_leaves(treedef) -> int:
+    from .tree import num_leaves
+    return num_leaves(treedef)
+
+
+def _checked_shapes(shapes, fname: str, what: str) -> tuple:
+    if not isinstance(shapes, (tuple, list)):
+        raise _unpickle_error(fname, f"the {what} shapes are not a sequence")
+    for shp in shapes:
+        if not (isinstance(shp, tuple) and len(shp) <= _MAX_NDIM and
+                all(type(d) is int and 0 <= d <= _MAX_EXTENT for d in shp)):
+            raise _unpickle_error(fname, f"bad {what} shape {shp!r:.80}")
+    return tuple(shapes)
+
+
+def _checked_key(state, fname: str) -> tuple:
+    """A specialization's pickled key ``(argument tree, leaf shapes)``, checked against
+    its node table's inputs before anything is allocated for those shapes."""
+    if not isinstance(state, dict):
+        raise _unpickle_error(fname, "a specialization's state is not a dict")
+    missing = {"key", "table", "py_spec", "grad", "out"} - set(state)
+    if missing:
+        raise _unpickle_error(fname, f"a specialization's state lacks {sorted(missing)}")
+    key = state["key"]
+    if not (isinstance(key, tuple) and len(key) == 2):
+        raise _unpickle_error(fname, "a specialization key is not (arguments, shapes)")
+    treedef, shapes = key
+    _check_treedef(treedef, fname, "argument structure")
+    if treedef[0] != "tuple":
+        raise _unpickle_error(fname, "the arguments are not a tuple")
+    shapes = _checked_shapes(shapes, fname, "argument")
+    if _count_leaves(treedef) != len(shapes):
+        raise _unpickle_error(fname, f"the argument structure has {_count_leaves(treedef)} "
+                              f"leaves but {len(shapes)} shapes")
+    table = state["table"]
+    inputs = table.get("inputs") if isinstance(table, dict) else None
+    n_in = sum(_size(s) for s in shapes)
+    if not isinstance(inputs, (list, tuple)) or len(inputs) != n_in:
+        raise SymadError(f"cannot unpickle {fname}: the graph has "
+                         f"{len(inputs) if isinstance(inputs, (list, tuple)) else 'no'} "
+                         f"inputs, its signature needs {n_in}")
+    return (treedef, shapes)
+
+
 class _Specialization:
     """One traced, differentiated and compiled signature of a CompiledFunction."""
 
@@ -288,6 +397,7 @@ class _Specialization:
     grad_graph: Any
     _fwd_table: Any
     native: Any
+    used = 0       # when last called through the Python path (CompiledFunction._admit)
 
     def __init__(self, owner: CompiledFunction, key, args: tuple):
         self._init_signature(owner, key)
@@ -351,8 +461,10 @@ class _Specialization:
 
     def _attach_fast_entry(self, owner: CompiledFunction) -> None:
         from symad.codegen import abi
-        self._keepalive: list = []
         native = self.native
+        # The entry object holds this list (so its method table and the engine running
+        # its code): a call in flight outlives the specialization being evicted.
+        self._keepalive: list = [native]
         if native.py_address is not None:
             self.fast = abi.make_py_callable(native.py_address, owner.__name__,
                                              owner._slow_call, native.py_spec,
@@ -407,8 +519,15 @@ class _Specialization:
         live = self.n_nodes = len(graph.live(outputs))
         levels = jit.choose_levels(live, owner._opt_level)
         leaf_sizes = (tuple(self.sizes), tuple(_size(s) for s in self.out_leaf_shapes))
-        key = hashlib.sha256(repr((graph.fingerprint(outputs), len(graph.inputs), flags,
-                                   levels, spec, leaf_sizes)).encode()).hexdigest()
+        # Everything the emitted entries bake in: the fast entry checks the argument
+        # shapes and builds the results from the spec, the batch entry strides by the leaf
+        # sizes, and "auto" picks the single-call machine-code level by itself. Two
+        # functions with one graph but other shapes must not share an entry (a (6,)
+        # entry would accept f's (6,) arguments, which f traces differently).
+        key = hashlib.sha256(repr((
+            graph.fingerprint(outputs), len(graph.inputs), flags, levels,
+            owner._opt_level in (None, "auto"), spec, tuple(self.shapes),
+            tuple(tuple(s) for s in self.out_leaf_shapes), leaf_sizes)).encode()).hexdigest()
         with _CACHE_LOCK:
             native = _CACHE.get(key)
         cached = native is not None
@@ -541,40 +660,72 @@ class _Specialization:
 
     @classmethod
     def _restore(cls, owner: CompiledFunction, state: dict) -> _Specialization:
+        """Rebuild from :meth:`_pickle_state` data, which may have been tampered with:
+        every field is checked against the others before anything is compiled, and the
+        entry's result spec is derived again from the checked signature (never trusted)."""
         from .persist import graph_from_table
+        fname = owner.__name__
+        key = _checked_key(state, fname)
         self = cls.__new__(cls)
-        key = state["key"]
-        for shp in key[1]:
-            if not (isinstance(shp, tuple) and all(isinstance(d, int) and d >= 0
-                                                   for d in shp)):
-                raise SymadError(f"cannot unpickle {owner.__name__}: bad shape {shp!r}")
         self._init_signature(owner, key)
         self.is_grad = state["grad"] is not None
+        if self.is_grad != owner._grad:
+            raise _unpickle_error(fname, "a gradient signature in a compile() function "
+                                  "or the reverse")
         graph, outputs = graph_from_table(state["table"])
         self.outputs, self.n_out = outputs, len(outputs)
-        if state["grad"] is not None:
-            self.grad_nums, self.single, self.grad_trees, self.grad_shapes = state["grad"]
+        if self.is_grad:
+            spec = self._checked_grad_signature(owner, state["grad"])
             self.grad_graph, self._graph = graph, None
             self._fwd_table = state["table"]
-            self._simple_grad = self.single and self.grad_trees[0] == ("leaf",)
             n_expected = 1 + sum(_size(s) for shp in self.grad_shapes for s in shp)
         else:
+            out = state["out"]
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise _unpickle_error(fname, "the output structure is not (tree, shapes)")
+            out_tree, out_shapes = out
+            _check_treedef(out_tree, fname, "output structure")
+            out_shapes = _checked_shapes(out_shapes, fname, "output")
+            if _count_leaves(out_tree) != len(out_shapes):
+                raise _unpickle_error(fname, f"the output structure has "
+                                      f"{_count_leaves(out_tree)} leaves but "
+                                      f"{len(out_shapes)} shapes")
             self.grad_graph, self._graph, self._simple_grad = None, graph, False
-            self.out_tree, self.out_shapes = state["out"]
+            self.out_tree, self.out_shapes = out_tree, list(out_shapes)
+            spec = _result_spec(out_tree, self.out_shapes, 0)
             n_expected = sum(_size(s) for s in self.out_shapes)
         if len(graph.inputs) != self.n_in or self.n_out != n_expected:
-            raise SymadError(f"cannot unpickle {owner.__name__}: the graph has "
+            raise SymadError(f"cannot unpickle {fname}: the graph has "
                              f"{len(graph.inputs)} inputs and {self.n_out} outputs, its "
                              f"signature needs {self.n_in} and {n_expected}")
-        spec = state["py_spec"]
-        if spec is not None:
-            idx = tree_flatten(spec, "")[0]
-            if not all(isinstance(i, int) and 0 <= i < self.n_out for i in idx):
-                raise SymadError(f"cannot unpickle {owner.__name__}: bad result spec")
+        # Derived, so every index and ArrayOut range lies inside the output buffer; a
+        # pickled spec that differs was not written by this signature.
+        spec = self._entry_spec(spec)
+        if repr(spec) != repr(state["py_spec"]):
+            raise _unpickle_error(fname, f"the result spec {state['py_spec']!r:.200} does "
+                                  f"not match its signature (expected {spec!r:.200})")
         self._state = state
         self._build_native(owner, graph, outputs, spec, {"trace": 0.0, "ad": 0.0},
                            {"trace": len(graph.live(outputs))})
         return self
+
+    def _checked_grad_signature(self, owner: CompiledFunction, grad):
+        """Set the gradient signature from the argument structure and the owner's
+        ``argnums`` (as a compile does); the pickled one must agree. Returns the spec."""
+        fname = owner.__name__
+        arg_trees = list(self.treedef[1])
+        arg_shapes, pos = [], 0
+        for td in arg_trees:
+            n = _count_leaves(td)
+            arg_shapes.append(list(self.shapes[pos:pos + n]))
+            pos += n
+        nums, spec = self._grad_signature(owner, len(arg_trees), arg_trees, arg_shapes)
+        expected = (nums, self.single, self.grad_trees, self.grad_shapes)
+        if not (isinstance(grad, tuple) and len(grad) == 4) or \
+                repr(tuple(grad)) != repr(expected):
+            raise _unpickle_error(fname, f"the gradient signature {grad!r:.200} does not "
+                                  "match the arguments and argnums")
+        return spec
 
     @property
     def graph(self):
@@ -988,13 +1139,21 @@ class CompiledFunction:
     with the gradient in the structure of the differentiated arguments; for ``compile``
     it returns ``f``'s output structure. Inspection attributes describe the most recently
     compiled specialization: ``graph``, ``grad_graph``, ``llvm_ir``, ``optimized_ir``,
-    ``asm``, ``stats``.
+    ``asm``, ``stats``. At most ``max_specializations`` signatures keep native code
+    (least recently used dropped first, compiled again when called); ``clear()`` drops
+    them all.
     """
 
     def __init__(self, f: Callable, *, grad: bool, argnums=None, fastmath=False,
-                 opt_level="auto", cache=None):
+                 opt_level="auto", cache=None, max_specializations=None):
         if not callable(f):
             raise TypeError(f"expected a function to compile, got {type(f).__name__}")
+        if max_specializations is None:
+            max_specializations = MAX_SPECIALIZATIONS
+        if type(max_specializations) is not int or max_specializations < 1:
+            raise OptionError(f"max_specializations must be a positive int (or None for "
+                             f"MAX_SPECIALIZATIONS = {MAX_SPECIALIZATIONS}), not "
+                             f"{max_specializations!r}")
         functools.update_wrapper(self, f)
         name = getattr(self, "__name__", type(f).__name__)
         self._f = f
@@ -1010,7 +1169,9 @@ class CompiledFunction:
                               f"${diskcache.ENV_VAR}), True, False or a folder path")
         diskcache.cache_dir(cache)
         self._cache = cache
+        # key -> specialization; each has a ``used`` tick (bounded, see _admit)
         self._specs: dict = {}
+        self._max_specs = max_specializations
         self._last: _Specialization | None = None
         self._lock = threading.RLock()
         _FORK_RENEW.add(self)
@@ -1038,7 +1199,25 @@ class CompiledFunction:
         spec = self._specs.get(key)
         if spec is None:
             spec = self._specialize(key, args)
+        else:
+            spec.used = _tick()  # for eviction (cheaper than reordering: one hash less)
         return spec.call(leaves)
+
+    def _used(self, key) -> _Specialization | None:
+        """The specialization for ``key``, marked most recently used, or None."""
+        spec = self._specs.get(key)
+        if spec is not None:
+            spec.used = _tick()
+        return spec
+
+    def _spec_for(self, key) -> _Specialization:
+        """The specialization for ``key``, compiled again from zeros if it was evicted."""
+        spec = self._used(key)
+        if spec is None:
+            treedef, shapes = key
+            spec = self._specialize(key, tree_unflatten(
+                treedef, [0.0 if s == () else np.zeros(s) for s in shapes]))
+        return spec
 
     def _specialize(self, key, args) -> _Specialization:
         with self._lock:
@@ -1054,11 +1233,48 @@ class CompiledFunction:
                     finally:
                         if enabled:
                             gc.enable()
-                self._specs[key] = spec
-                if spec.fast is not None and self._entry == self._slow_call:
-                    self._entry = spec.fast
+                self._admit(key, spec)
             self._last = spec
             return spec
+
+    def _admit(self, key, spec: _Specialization) -> None:
+        """Add ``spec`` (under ``self._lock``), evicting the least recently used ones
+        beyond ``max_specializations``: each holds a JIT engine (~1.3 MB)."""
+        specs = self._specs
+        specs[key] = spec
+        spec.used = _tick()
+        if spec.fast is not None and self._entry == self._slow_call:
+            self._entry = spec.fast
+        dropped = []
+        while len(specs) > self._max_specs:
+            # Calls through the fast entry never tick, so its specialization looks
+            # unused: it goes last, when nothing else is left to evict.
+            others = [k for k, s in specs.items() if s is not spec]
+            victim = min(others, key=lambda k: (specs[k].fast is not None and
+                                                specs[k].fast is self._entry,
+                                                specs[k].used))
+            old = specs.pop(victim)
+            if old.fast is not None and old.fast is self._entry:
+                self._entry = spec.fast if spec.fast is not None else self._slow_call
+            if self._last is old:
+                self._last = spec
+            dropped.append(old)
+        _forget_natives(dropped)
+
+    def clear(self) -> None:
+        """Drop every specialization and its native code (unless another live function
+        shares it): the next call traces and compiles again. Pickling afterwards carries
+        no specialization."""
+        with self._lock:
+            dropped = list(self._specs.values())
+            self._specs.clear()
+            self._last = None
+            self._entry = self._slow_call
+        with _CACHE_LOCK:
+            # unpickling the same bytes again must rebuild them, not return this one
+            for token in [t for t, cf in _RESTORED.items() if cf is self]:
+                del _RESTORED[token]
+        _forget_natives(dropped)
 
     def batch(self, *args, threads: int | None = None, out=None):
         """Evaluate at N points in one native call (the leading axis of every leaf).
@@ -1108,7 +1324,7 @@ class CompiledFunction:
                 raise ValueError(f"batch argument {path} has {a.shape[0]} points but "
                                  f"{paths[0] or '[0]'} has {n}; all leading axes must agree")
         key = (treedef, tuple(a.shape[1:] for a in arrays))
-        spec = self._specs.get(key)
+        spec = self._used(key)
         if spec is None:
             example = tree_unflatten(treedef, [a[0] if n else np.zeros(a.shape[1:])
                                                for a in arrays])
@@ -1160,12 +1376,15 @@ class CompiledFunction:
             specs = [spec._pickle_state() for spec in self._specs.values()]
             last = self._last.key if self._last is not None else None
         function = _pickle_function(self._f)
+        # The cache folder stays here (None in its slot): it names a path on this machine,
+        # and a receiving process (a Dask worker) follows its own SYMAD_CACHE_DIR.
         options = (self.__name__, self._grad, self._argnums, self._fastmath,
-                   self._opt_level, self._cache)
-        token = hashlib.sha256(repr((options, function, [s["token"] for s in specs])
-                                    ).encode()).hexdigest()
+                   self._opt_level, None)
+        token = hashlib.sha256(repr((options, function, [s["token"] for s in specs],
+                                     self._max_specs)).encode()).hexdigest()
         return {"format": _PICKLE_FORMAT, "options": options, "function": function,
-                "specs": specs, "last": last, "token": token}
+                "specs": specs, "last": last, "token": token,
+                "max_specializations": self._max_specs}
 
     def __repr__(self) -> str:
         kind = "compile_grad" if self._grad else "compile"
@@ -1209,44 +1428,84 @@ def _pickle_function(f) -> bytes | None:
         return None
 
 
+# What a malformed state raises where a check did not see it coming: each becomes a
+# SymadError naming the function (a last line of defence after the explicit checks).
+_MALFORMED = (ValueError, TypeError, LookupError, StopIteration, AttributeError,
+              ArithmeticError, RecursionError)
+
+
 def _restore_compiled(state: dict) -> CompiledFunction:
     """Rebuild a CompiledFunction from its pickled graphs (compiles or hits the caches)."""
-    import pickle
     if not isinstance(state, dict) or state.get("format") != _PICKLE_FORMAT:
         raise SymadError("cannot unpickle a symad compiled function: unknown format "
                          "(pickled by another symad version?)")
+    name = "a symad compiled function"
+    options = state.get("options")
+    if isinstance(options, tuple) and options and isinstance(options[0], str):
+        name = options[0]
+    try:
+        return _restore_checked(state, name)
+    except SymadError:
+        raise
+    except _MALFORMED as exc:
+        raise _unpickle_error(name, f"malformed state ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc
+
+
+def _restore_checked(state: dict, name: str) -> CompiledFunction:
+    import pickle
+
+    from symad.codegen import jit, lower
+    missing = {"options", "function", "specs", "last", "token"} - set(state)
+    if missing:
+        raise _unpickle_error(name, f"the state lacks {sorted(missing)}")
     token = state["token"]
+    if not isinstance(token, str):
+        raise _unpickle_error(name, "its token is not a string")
     with _CACHE_LOCK:
         hit = _RESTORED.get(token)
         if hit is not None:
             _RESTORED.move_to_end(token)
             return hit
-    name, grad, argnums, fastmath, opt_level, cache = state["options"]
+    options = state["options"]
+    if not (isinstance(options, tuple) and len(options) == 6 and isinstance(options[0], str)
+            and isinstance(options[1], bool)):
+        raise _unpickle_error(name, f"malformed options {options!r:.200}")
+    # the last slot (the sender's cache option) is ignored: older pickles carried it
+    name, grad, argnums, fastmath, opt_level, _ = options
+    lower.fastmath_flags(fastmath)        # ValueError for a bad option, here and not later
+    jit.choose_levels(1, opt_level)
+    specs = state["specs"]
+    if not isinstance(specs, (list, tuple)):
+        raise _unpickle_error(name, "its specializations are not a list")
+    keys = [_checked_key(sstate, name) for sstate in specs]
     f = None
     reason = "it was not picklable by reference"
     if state["function"] is not None:
+        if not isinstance(state["function"], bytes):
+            raise _unpickle_error(name, "its function is not pickled bytes")
         try:
             f = pickle.loads(state["function"])
         except Exception as exc:  # noqa: BLE001 (e.g. defined in another process's __main__)
             reason = f"it could not be imported here: {type(exc).__name__}: {exc}"
     if f is None:
-        f = _Unavailable(name, reason, [s["key"] for s in state["specs"]])
+        f = _Unavailable(name, reason, keys)
+    # (absent from older pickles; a bad one is a ValueError, reported as malformed)
     cf = CompiledFunction(f, grad=grad, argnums=argnums, fastmath=fastmath,
-                          opt_level=opt_level, cache=cache)
+                          opt_level=opt_level, cache=None,
+                          max_specializations=state.get("max_specializations"))
     cf.__name__ = name
-    for sstate in state["specs"]:
+    for sstate, key in zip(specs, keys):
         spec = None
         if sstate.get("array") and not isinstance(f, _Unavailable):
             # traced again, so the copy runs the same array-level kernel as the original
-            treedef, shapes = sstate["key"]
+            treedef, shapes = key
             example = tree_unflatten(treedef, [0.0 if s == () else np.zeros(s)
                                                for s in shapes])
-            spec = _ArraySpecialization.attempt(cf, sstate["key"], example)
+            spec = _ArraySpecialization.attempt(cf, key, example)
         if spec is None:
             spec = _Specialization._restore(cf, sstate)
-        cf._specs[spec.key] = spec
-        if spec.fast is not None and cf._entry == cf._slow_call:
-            cf._entry = spec.fast
+        cf._admit(spec.key, spec)
         if spec.key == state["last"]:
             cf._last = spec
     with _CACHE_LOCK:
@@ -1257,7 +1516,7 @@ def _restore_compiled(state: dict) -> CompiledFunction:
 
 
 def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001
-            cache=None) -> CompiledFunction:
+            cache=None, max_specializations=None) -> CompiledFunction:
     """Compile any traceable function to native code.
 
     Args:
@@ -1270,7 +1529,12 @@ def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001
             very large graphs).
         cache: the on-disk compile cache (:mod:`symad.diskcache`): ``None`` follows the
             environment variable ``SYMAD_CACHE_DIR``, ``True`` enables it, ``False``
-            disables it, a path names its folder.
+            disables it, a path names its folder. Not pickled: an unpickled copy
+            follows the receiving process's ``SYMAD_CACHE_DIR``.
+        max_specializations: how many argument signatures (structure and shapes) keep
+            their native code, least recently used dropped first (each holds a JIT
+            engine, ~1.3 MB; a dropped one compiles again when called). ``None``:
+            ``symad.compiled.MAX_SPECIALIZATIONS`` (32). ``f.clear()`` drops them all.
 
     Returns:
         A :class:`CompiledFunction` returning ``f``'s output structure.
@@ -1281,7 +1545,7 @@ def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001
     1.682941969616
     """
     return CompiledFunction(f, grad=False, fastmath=fastmath, opt_level=opt_level,
-                            cache=cache)
+                            cache=cache, max_specializations=max_specializations)
 
 
 class _AllArgumentsByDefault:
@@ -1299,7 +1563,7 @@ _ALL_BY_DEFAULT = _AllArgumentsByDefault()
 
 
 def compile_grad(f: Callable | None = None, *, argnums=_ALL_BY_DEFAULT, fastmath=False,
-                 opt_level="auto", cache=None):
+                 opt_level="auto", cache=None, max_specializations=None):
     """Compile ``f`` and its gradient into one native function returning both.
 
     Usable bare (``@compile_grad``) or with options (``@compile_grad(argnums=0)``).
@@ -1311,7 +1575,7 @@ def compile_grad(f: Callable | None = None, *, argnums=_ALL_BY_DEFAULT, fastmath
             gradient bare, several a tuple). Not given, it means ``None`` today, with a
             ``FutureWarning`` for functions of several arguments: the default will become
             ``0``, as for :func:`symad.grad` (and JAX). Pass it to choose.
-        fastmath, opt_level, cache: as for :func:`compile`.
+        fastmath, opt_level, cache, max_specializations: as for :func:`compile`.
 
     Returns:
         A :class:`CompiledFunction`; calling it returns ``(value, gradient)``.
@@ -1326,5 +1590,6 @@ def compile_grad(f: Callable | None = None, *, argnums=_ALL_BY_DEFAULT, fastmath
     """
     def wrap(fn):
         return CompiledFunction(fn, grad=True, argnums=argnums, fastmath=fastmath,
-                                opt_level=opt_level, cache=cache)
+                                opt_level=opt_level, cache=cache,
+                                max_specializations=max_specializations)
     return wrap if f is None else wrap(f)

@@ -37,7 +37,8 @@ class _Blocks:
         self.key = key
 
     def __call__(self, *blocks):
-        spec = self.compiled._specs[self.key]
+        # (compiled again here if evicted meanwhile: max_specializations)
+        spec = self.compiled._spec_for(self.key)
         m = blocks[0].shape[0]
         leaves = [np.asarray(b, dtype=np.float64).reshape((m,) + tuple(s))
                   for b, s in zip(blocks, spec.shapes)]

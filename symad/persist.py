@@ -40,13 +40,37 @@ def _bad(msg: str) -> SymadError:
     return SymadError(f"cannot rebuild a pickled symad graph: {msg}")
 
 
+# The tracer refuses integer exponents beyond 32 bits (symad.trace.power); a larger one
+# only comes from tampered bytes, and lowering it would emit a multiplication per bit.
+_POWI_MAX = 2**31 - 1
+
+
+def _check_attrs(k: int, op: str, attrs: tuple) -> None:
+    """Every op takes no attributes except powi (one int exponent)."""
+    if op == "powi":
+        if not (len(attrs) == 1 and type(attrs[0]) is int and abs(attrs[0]) <= _POWI_MAX):
+            raise _bad(f"row {k}: powi needs one integer exponent within 32 bits, got "
+                       f"{_describe(attrs)}")
+    elif attrs:
+        raise _bad(f"row {k}: {op} takes no attributes, got {_describe(attrs)}")
+
+
+def _describe(attrs: tuple) -> str:
+    # repr of a huge int raises (Python's digit limit): name its size instead
+    return ", ".join(f"an int of {a.bit_length()} bits" if type(a) is int and
+                     a.bit_length() > 64 else f"{a!r:.40}" for a in attrs) or "none"
+
+
 def graph_from_table(table: dict) -> tuple[Graph, list[Node]]:
     """Rebuild ``(graph, outputs)`` from :func:`graph_table`'s data (validated)."""
     if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
         raise _bad("unknown table format (pickled by another symad version?)")
-    graph = Graph(str(table.get("name", "f")))
+    name, rows = table.get("name", "f"), table.get("rows")
+    if not isinstance(name, str) or not isinstance(rows, (list, tuple)):
+        raise _bad("the table needs a name and a list of rows")
+    graph = Graph(name)
     nodes: list[Node] = []
-    for k, row in enumerate(table["rows"]):
+    for k, row in enumerate(rows):
         if not (isinstance(row, tuple) and len(row) == 3):
             raise _bad(f"row {k} is not (op, args, attrs)")
         op, args, attrs = row
@@ -66,17 +90,23 @@ def graph_from_table(table: dict) -> tuple[Graph, list[Node]]:
                 raise _bad(f"row {k}: unknown op {op!r}")
             if len(args) != spec.arity:
                 raise _bad(f"row {k}: {op} takes {spec.arity} operands, got {len(args)}")
-            if not all(isinstance(a, int) and 0 <= a < len(nodes) for a in args):
+            if not all(type(a) is int and 0 <= a < len(nodes) for a in args):
                 raise _bad(f"row {k}: operands must precede their user")
+            _check_attrs(k, op, attrs)
             operands = tuple(nodes[a] for a in args)
             node = graph._intern((op, operands, attrs), op, operands, attrs)
         nodes.append(node)
-    try:
-        graph.inputs = [nodes[i] for i in table["inputs"]]
-        outputs = [nodes[i] for i in table["outputs"]]
-    except (IndexError, TypeError) as exc:
-        raise _bad("input or output index out of range") from exc
+    inputs, outs = table.get("inputs"), table.get("outputs")
+    if not (isinstance(inputs, (list, tuple)) and isinstance(outs, (list, tuple)) and
+            all(type(i) is int and 0 <= i < len(nodes) for i in (*inputs, *outs))):
+        raise _bad("input or output index out of range")
+    graph.inputs = [nodes[i] for i in inputs]
+    outputs = [nodes[i] for i in outs]
     if any(n.op != "input" for n in graph.inputs):
         raise _bad("an input index names a non-input row")
+    # lowering reads every input row from its slot in graph.inputs: exactly one each
+    if len({n.id for n in graph.inputs}) != len(graph.inputs) or \
+            sum(1 for n in nodes if n.op == "input") != len(graph.inputs):
+        raise _bad("every input row must be listed once among the inputs")
     graph.outputs = outputs
     return graph, outputs
