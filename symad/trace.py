@@ -246,6 +246,10 @@ class TracedArray(np.ndarray):
 
 
 def _array_ufunc(ufunc, method, inputs, kwargs):
+    if ufunc in _OWN_UFUNCS:
+        # symad's own elementwise ufuncs: a 0-d result of one is a bare Tracer, which a
+        # chained call (np.clip's maximum, then minimum) hands back to the next one here
+        return _wrap(getattr(ufunc, method)(*(_plain(i) for i in inputs), **kwargs))
     name = ufunc.__name__
     out = kwargs.pop("out", None)
     if out is not None:
@@ -408,6 +412,7 @@ def where(cond, a, b):
 
 
 _ELEMENT_WHERE = np.frompyfunc(lambda c, a, b: apply("where", (c, a, b)), 3, 1)
+_OWN_UFUNCS = frozenset((*_ELEMENTWISE.values(), _ELEMENT_WHERE))
 
 
 def _clip(a, a_min=None, a_max=None, **kw):
@@ -501,10 +506,26 @@ def new_input_leaf(graph: Graph, value, path: str):
     return flat.reshape(arr.shape).view(TracedArray)
 
 
+def refuse_array_subclass(value, path: str) -> None:
+    """Refuse ndarray subclasses whose semantics tracing would silently drop."""
+    if isinstance(value, np.matrix):
+        raise UnsupportedOpError(
+            f"{path} is a numpy.matrix, whose * and ** are matrix products; symad traces "
+            "it as a plain array, where they act elementwise. Pass np.asarray(...) and "
+            "write matrix products with @.")
+    if isinstance(value, np.ma.MaskedArray):
+        raise UnsupportedOpError(
+            f"{path} is a masked array (numpy.ma), whose mask symad would ignore: the "
+            "function would see every element. Pass np.ma.filled(x, value) (or "
+            "np.ma.getdata(x) and the mask np.ma.getmaskarray(x) as a separate argument, "
+            "selecting with symad.where).")
+
+
 def as_float_array(value, path: str = "argument") -> np.ndarray:
     """``value`` as a float64 ndarray, or a TypeError that names ``path`` and the fix."""
     if isinstance(value, (Tracer, TracedArray)):
         raise TracingError(f"{path} is already a traced value here")
+    refuse_array_subclass(value, path)
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{path} is the string {value!r:.40}; symad differentiates "
                         "functions of float64 numbers and arrays")
