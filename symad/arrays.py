@@ -413,9 +413,9 @@ class AArray:
         return _UFUNCS[ufunc.__name__](*inputs)
 
     def __array_function__(self, func, types, args, kwargs):
-        fn = _FUNCTIONS.get(func.__name__)
-        if fn is None or getattr(func, "__module__", "").split(".")[0] != "numpy":
-            raise Unsupported(f"{func.__name__}")
+        fn = _FUNCTIONS.get(func)
+        if fn is None:
+            raise Unsupported(f"{getattr(func, '__module__', '')}.{func.__name__}")
         return fn(*args, **kwargs)
 
 
@@ -625,9 +625,23 @@ def _outer(a, b, out=None):
     return _lift(g, a).ravel()[:, None] * _lift(g, b).ravel()[None, :]
 
 
-def _inner_product(a, b):
+def _vdot(a, b):
     g = _graph_of([a, b])
     return _sum(_lift(g, a).ravel() * _lift(g, b).ravel())
+
+
+def _inner(a, b):
+    """np.inner: the sum over the last axes, shape ``a.shape[:-1] + b.shape[:-1]``."""
+    g = _graph_of([a, b])
+    a, b = _lift(g, a), _lift(g, b)
+    if a.ndim == 0 or b.ndim == 0:
+        return a * b
+    if a.shape[-1] != b.shape[-1]:
+        raise Unsupported(f"np.inner of shapes {a.shape} and {b.shape}")
+    lead_a, lead_b = a.shape[:-1], b.shape[:-1]
+    x = a.reshape(lead_a + (1,) * len(lead_b) + a.shape[-1:])
+    y = b.reshape((1,) * len(lead_a) + b.shape)
+    return _sum(x * y, -1)
 
 
 def _rearranging(func):
@@ -689,19 +703,32 @@ _UFUNCS = {
     "hypot": lambda x, y: _unary("sqrt")(x * x + y * y), "conjugate": lambda x: x,
 }
 
+# Keyed by the function object, not its name: np.linalg.diagonal (the last two axes) is
+# not np.diagonal (the first two), np.linalg.outer takes vectors only, and so on. A
+# numpy function missing here is Unsupported: the scalar tracer runs it instead.
 _FUNCTIONS = {
-    "sum": _sum, "mean": _mean, "average": _mean, "var": _var,
-    "std": lambda *a, **k: _unary("sqrt")(_var(*a, **k)), "dot": _dot, "matmul": _matmul,
-    "where": _where, "clip": _clip, "norm": _norm, "diff": _diff, "outer": _outer,
-    "inner": _inner_product, "vdot": _inner_product, "reshape": _reshape,
-    "shape": lambda a: a.shape, "ndim": lambda a: len(a.shape), "size": lambda a: a.size,
-    **{f.__name__: _rearranging(f) for f in (
+    np.sum: _sum, np.mean: _mean, np.average: _mean, np.var: _var,
+    np.std: lambda *a, **k: _unary("sqrt")(_var(*a, **k)), np.dot: _dot,
+    np.where: _where, np.clip: _clip, np.linalg.norm: _norm, np.diff: _diff,
+    np.outer: _outer, np.inner: _inner, np.vdot: _vdot, np.reshape: _reshape,
+    np.shape: lambda a: a.shape, np.ndim: lambda a: len(a.shape),
+    np.size: lambda a: a.size,
+    **{f: _rearranging(f) for f in (
         np.ravel, np.transpose, np.swapaxes, np.moveaxis, np.squeeze, np.expand_dims,
         np.atleast_1d, np.atleast_2d, np.broadcast_to, np.tile, np.repeat, np.flip,
         np.fliplr, np.flipud, np.roll, np.take, np.diagonal, np.copy)},
-    **{f.__name__: _joining(f) for f in (
+    **{f: _joining(f) for f in (
         np.concatenate, np.stack, np.hstack, np.vstack, np.column_stack)},
 }
+# numpy >= 2: the array-API functions whose semantics the above already give
+for _name in ("diagonal", "matrix_transpose"):
+    if hasattr(np.linalg, _name):
+        _f = getattr(np.linalg, _name)
+        _FUNCTIONS[_f] = _rearranging(_f)
+if hasattr(np, "matrix_transpose"):
+    _FUNCTIONS[np.matrix_transpose] = _rearranging(np.matrix_transpose)
+if hasattr(np.linalg, "matmul"):
+    _FUNCTIONS[np.linalg.matmul] = _matmul
 
 
 # ---- reverse mode -------------------------------------------------------------------------

@@ -265,8 +265,8 @@ def _array_ufunc(ufunc, method, inputs, kwargs):
             isinstance(i, np.ndarray) for i in inputs):
         return UFUNCS[name](*inputs)   # scalars only: no broadcasting needed
     plain = [_plain(i) for i in inputs]
-    if name == "matmul" and method == "__call__":
-        return _wrap(np.matmul(*plain, **kwargs))
+    if name in _PRODUCT_UFUNCS and method == "__call__":   # numpy's object loops
+        return _wrap(ufunc(*plain, **kwargs))
     fn = UFUNCS.get(name)
     if fn is None:
         raise UnsupportedOpError(
@@ -413,6 +413,7 @@ def where(cond, a, b):
 
 _ELEMENT_WHERE = np.frompyfunc(lambda c, a, b: apply("where", (c, a, b)), 3, 1)
 _OWN_UFUNCS = frozenset((*_ELEMENTWISE.values(), _ELEMENT_WHERE))
+_PRODUCT_UFUNCS = ("matmul", "vecdot", "matvec", "vecmat")
 
 
 def _clip(a, a_min=None, a_max=None, **kw):
@@ -477,6 +478,14 @@ ARRAY_FUNCTIONS = {f: _STRUCTURAL for f in (
     np.array_split, np.append, np.kron, np.cross, np.pad, np.block,
     np.linalg.multi_dot,
 )}
+# numpy >= 2: array-API functions, dispatched by object like all of these (np.linalg.
+# diagonal takes the last two axes where np.diagonal takes the first two)
+ARRAY_FUNCTIONS.update({f: _STRUCTURAL for f in (
+    getattr(np.linalg, name, None) for name in (
+        "diagonal", "trace", "matmul", "outer", "cross", "vecdot", "matrix_transpose",
+        "tensordot")) if f is not None})
+if hasattr(np, "matrix_transpose"):
+    ARRAY_FUNCTIONS[np.matrix_transpose] = _STRUCTURAL
 ARRAY_FUNCTIONS.update({
     np.where: _where, np.clip: _clip, np.mean: _mean, np.average: _mean, np.var: _var,
     np.std: _std, np.max: _max_reduce("maximum"), np.amax: _max_reduce("maximum"),

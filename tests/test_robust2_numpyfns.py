@@ -35,7 +35,7 @@ def _compiled(monkeypatch, f, *args, array: bool):
 
 def _check_grad(f, *args):
     """The scalar tracer's gradient against central differences."""
-    np.testing.assert_allclose(symad.grad(f)(*args), symad.numerical_grad(f, *args),
+    np.testing.assert_allclose(symad.grad(f)(*args), symad.numerical_grad(f, *args, argnums=0),
                                rtol=1e-6, atol=1e-8)
 
 
@@ -86,3 +86,79 @@ def test_matrix_and_masked_arguments_are_refused(arg):
     assert cf(np.ones((2, 2))) == 4.0
     with pytest.raises(symad.UnsupportedOpError, match=what):
         cf(arg)
+
+
+# ---- item 3: np.inner of matrices ---------------------------------------------------------
+
+A = np.linspace(-1.0, 2.0, 24).reshape(4, 6)
+B = np.linspace(0.5, 3.0, 18).reshape(3, 6)
+
+
+@pytest.mark.parametrize("a, b", [(A, B), (A[0], B), (A, B[0]), (A.reshape(2, 2, 6), B)],
+                         ids=["2d-2d", "1d-2d", "2d-1d", "3d-2d"])
+def test_inner_sums_over_the_last_axes(monkeypatch, a, b):
+    def f(x, y):
+        return np.inner(x, y) * 1.5
+
+    want = np.inner(a, b) * 1.5
+    np.testing.assert_allclose(_array_traced(f, a, b), want, rtol=1e-14)
+    for array in (True, False):
+        got, on_arrays = _compiled(monkeypatch, f, a, b, array=array)
+        assert on_arrays == array
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+    _check_grad(lambda x, y: np.sum(np.sin(np.inner(x, y))), a, b)
+
+
+# ---- item 4: numpy functions dispatched by function object --------------------------------
+
+T3 = np.linspace(-2.0, 2.0, 5 * 4 * 4).reshape(5, 4, 4) ** 3
+
+
+@pytest.mark.parametrize("name", ["diagonal", "matrix_transpose", "matmul", "trace", "outer",
+                                  "cross", "vecdot", "tensordot"])
+def test_linalg_functions_have_numpys_semantics(monkeypatch, name):
+    fn = getattr(np.linalg, name, None)
+    if fn is None:
+        pytest.skip(f"numpy {np.__version__} has no np.linalg.{name}")
+    v = np.array([0.3, -1.2, 2.0])
+    call = {"diagonal": lambda x: fn(x, offset=1), "matrix_transpose": fn,
+            "matmul": lambda x: fn(x, x[::-1]), "trace": fn,
+            "outer": lambda x: fn(x[0, 0], x[1, 1]),
+            "cross": lambda x: fn(x[0, :, :3], v), "vecdot": lambda x: fn(x, x[0]),
+            "tensordot": lambda x: fn(x, x[0], axes=1)}[name]
+
+    def f(x):
+        return call(x) * 2.0
+
+    want = f(T3)
+    if name in ("diagonal", "matrix_transpose", "matmul"):     # the array level has them
+        np.testing.assert_allclose(_array_traced(f, T3), want, rtol=1e-14)
+    else:                                                      # and falls back for these
+        with pytest.raises(arrays.Unsupported):
+            _array_traced(f, T3)
+    for array in (True, False):
+        got, on_arrays = _compiled(monkeypatch, f, T3, array=array)
+        assert on_arrays == (array and name in ("diagonal", "matrix_transpose", "matmul"))
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+    _check_grad(lambda x: np.sum(np.tanh(call(x))), T3 * 0.01)
+
+
+def test_linalg_diagonal_is_not_np_diagonal():
+    # the two differ on a stack of matrices: the last two axes, not the first two
+    f = symad.compile(lambda x: np.linalg.diagonal(x) + 0.0)
+    np.testing.assert_array_equal(f(T3), np.linalg.diagonal(T3))
+    assert not np.array_equal(np.linalg.diagonal(T3), np.diagonal(T3))
+
+
+@pytest.mark.parametrize("name", ["vecdot", "matvec", "vecmat"])
+def test_product_ufuncs_trace(name):
+    fn = getattr(np, name, None)
+    if fn is None:
+        pytest.skip(f"numpy {np.__version__} has no np.{name}")
+    m = np.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    w = m[0] if name != "vecmat" else m[:, 0]
+
+    def f(x):
+        return np.sum(np.sin(fn(x, w) if name != "vecmat" else fn(w, x)))
+    assert symad.compile(f)(m) == pytest.approx(f(m), rel=1e-14)
+    _check_grad(f, m)
