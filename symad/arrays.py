@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import npfuncs
 from .ops import OPS
 from .tree import tree_flatten
 
@@ -371,11 +372,11 @@ class AArray:
     def transpose(self, *axes):
         return _restructure(self, lambda p: p.transpose(*axes))
 
-    def sum(self, axis=None, keepdims=False, **kw):
-        return _sum(self, axis, keepdims, **kw)
+    def sum(self, *args, **kwargs):
+        return _np_sum(self, *args, **kwargs)
 
-    def mean(self, axis=None, keepdims=False, **kw):
-        return _mean(self, axis, keepdims, **kw)
+    def mean(self, *args, **kwargs):
+        return npfuncs.mean(self, *args, **kwargs)
 
     def dot(self, other):
         return _dot(self, other)
@@ -404,18 +405,27 @@ class AArray:
     def __ne__(self, o): return _elementwise("ne", self, o)  # type: ignore[override]
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        if kwargs.get("out") is not None or kwargs.get("where", True) is not True:
-            raise Unsupported(f"np.{ufunc.__name__} with out= or where=")
-        if method == "reduce" and ufunc.__name__ == "add":
+        kwargs.pop("casting", None)     # only matters with dtype= or out=
+        if kwargs.get("out", 0) is None or kwargs.get("out", 0) == ():
+            del kwargs["out"]
+        if kwargs.get("where", False) is True:
+            del kwargs["where"]
+        dtype = kwargs.pop("dtype", None)
+        if dtype is not None and np.dtype(dtype) != np.float64:
+            raise Unsupported(f"np.{ufunc.__name__} with dtype={dtype}")
+        if method == "reduce" and ufunc.__name__ == "add" and \
+                set(kwargs) <= {"axis", "keepdims"} and len(inputs) == 1:
             return _sum(inputs[0], kwargs.get("axis", 0), kwargs.get("keepdims", False))
-        if method != "__call__" or ufunc.__name__ not in _UFUNCS:
-            raise Unsupported(f"np.{ufunc.__name__}.{method}")
+        # anything else given (out=, where=, initial=, order= ...): the scalar tracer's
+        if kwargs or method != "__call__" or ufunc.__name__ not in _UFUNCS:
+            raise Unsupported(f"np.{ufunc.__name__}.{method} with {sorted(kwargs)}")
         return _UFUNCS[ufunc.__name__](*inputs)
 
     def __array_function__(self, func, types, args, kwargs):
         fn = _FUNCTIONS.get(func)
         if fn is None:
             raise Unsupported(f"{getattr(func, '__module__', '')}.{func.__name__}")
+        args, kwargs = npfuncs.without_out_and_dtype(func, args, kwargs)
         return fn(*args, **kwargs)
 
 
@@ -515,12 +525,21 @@ def _sum(a, axis=None, keepdims=False, dtype=None, out=None, **kw):
     return AArray(g, node, out_shape)
 
 
-def _mean(a, axis=None, keepdims=False, **kw):
-    g = _graph_of([a])
-    a = _lift(g, a)
-    total = _sum(a, axis, keepdims, **kw)
-    count = math.prod(a.shape[ax] for ax in _axes(axis, a.ndim))
-    return total / float(count)
+def _np_sum(a, axis=None, dtype=None, out=None, keepdims=False, initial=npfuncs.NO_VALUE,
+            where=npfuncs.NO_VALUE):
+    """np.sum; ``initial=`` and ``where=`` are left to the scalar tracer."""
+    npfuncs.check_dtype("np.sum", dtype)
+    npfuncs.check_out("np.sum", out)
+    if initial is not npfuncs.NO_VALUE or where is not npfuncs.NO_VALUE:
+        raise Unsupported("np.sum with initial= or where=")
+    return _sum(a, axis, keepdims)
+
+
+def _lifted(fn):
+    """``fn`` (from symad.npfuncs) on the operand as an AArray (lists are refused here)."""
+    def on_array(a, *args, **kwargs):
+        return fn(_lift(_graph_of([a]), a), *args, **kwargs)
+    return on_array
 
 
 def _expand(a: AArray, axis: int) -> AArray:
@@ -547,7 +566,8 @@ def _matmul(x, y):
     return out
 
 
-def _dot(x, y):
+def _dot(x, y, out=None):
+    npfuncs.check_out("np.dot", out)
     g = _graph_of([x, y])
     a, b = _lift(g, x), _lift(g, y)
     if a.ndim <= 2 and b.ndim <= 2 and a.ndim and b.ndim:
@@ -580,21 +600,14 @@ def _ceil(x):
     return -_elementwise("floor", -_lift(_graph_of([x]), x))
 
 
-def _clip(a, a_min=None, a_max=None, **kw):
+def _clip(a, *args, **kwargs):
+    lo, hi = npfuncs.clip_bounds(*args, **kwargs)
     r = a
-    if a_min is not None:
-        r = _elementwise("maximum", r, a_min)
-    if a_max is not None:
-        r = _elementwise("minimum", r, a_max)
+    if lo is not None:
+        r = _elementwise("maximum", r, lo)
+    if hi is not None:
+        r = _elementwise("minimum", r, hi)
     return r
-
-
-def _var(a, axis=None, ddof=0, keepdims=False, **kw):
-    g = _graph_of([a])
-    a = _lift(g, a)
-    d = a - _mean(a, axis, keepdims=True)
-    count = math.prod(a.shape[ax] for ax in _axes(axis, a.ndim))
-    return _sum(d * d, axis, keepdims) / float(count - ddof)
 
 
 def _norm(x, ord=None, axis=None, keepdims=False):
@@ -621,6 +634,7 @@ def _slice_at(ndim: int, axis: int, sl: slice) -> tuple:
 
 
 def _outer(a, b, out=None):
+    npfuncs.check_out("np.outer", out)
     g = _graph_of([a, b])
     return _lift(g, a).ravel()[:, None] * _lift(g, b).ravel()[None, :]
 
@@ -707,12 +721,13 @@ _UFUNCS = {
 # not np.diagonal (the first two), np.linalg.outer takes vectors only, and so on. A
 # numpy function missing here is Unsupported: the scalar tracer runs it instead.
 _FUNCTIONS = {
-    np.sum: _sum, np.mean: _mean, np.average: _mean, np.var: _var,
-    np.std: lambda *a, **k: _unary("sqrt")(_var(*a, **k)), np.dot: _dot,
+    np.sum: _np_sum, np.mean: _lifted(npfuncs.mean),
+    np.average: _lifted(npfuncs.average), np.var: _lifted(npfuncs.var),
+    np.std: _lifted(npfuncs.std), np.dot: _dot,
     np.where: _where, np.clip: _clip, np.linalg.norm: _norm, np.diff: _diff,
     np.outer: _outer, np.inner: _inner, np.vdot: _vdot, np.reshape: _reshape,
     np.shape: lambda a: a.shape, np.ndim: lambda a: len(a.shape),
-    np.size: lambda a: a.size,
+    np.size: lambda a, axis=None: a.size if axis is None else a.shape[axis],
     **{f: _rearranging(f) for f in (
         np.ravel, np.transpose, np.swapaxes, np.moveaxis, np.squeeze, np.expand_dims,
         np.atleast_1d, np.atleast_2d, np.broadcast_to, np.tile, np.repeat, np.flip,

@@ -13,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from . import arrays
+from . import arrays, npfuncs
 from .errors import ConcretizationError, LeakedTracerError, TracingError, UnsupportedOpError
 from .graph import Graph, Node
 from .ops import OPS
@@ -238,6 +238,19 @@ class TracedArray(np.ndarray):
     def __float__(self):
         raise _concrete_error("float() of a traced array")
 
+    # ndarray's reduction methods run numpy's C code, which writes results in place
+    # (out=) and drops initial=; the numpy functions (same parameters) trace instead.
+    def sum(self, *args, **kwargs): return _array_function(np.sum, (self, *args), kwargs)
+    def prod(self, *args, **kwargs): return _array_function(np.prod, (self, *args), kwargs)
+    def mean(self, *args, **kwargs): return _array_function(np.mean, (self, *args), kwargs)
+    def var(self, *args, **kwargs): return _array_function(np.var, (self, *args), kwargs)
+    def std(self, *args, **kwargs): return _array_function(np.std, (self, *args), kwargs)
+    def max(self, *args, **kwargs): return _array_function(np.max, (self, *args), kwargs)
+    def min(self, *args, **kwargs): return _array_function(np.min, (self, *args), kwargs)
+
+    def clip(self, min=None, max=None, out=None, **kwargs):  # noqa: A002 (ndarray's names)
+        return _clip(self, min, max, out=out, **kwargs)
+
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         return _array_ufunc(ufunc, method, inputs, kwargs)
 
@@ -256,8 +269,8 @@ def _array_ufunc(ufunc, method, inputs, kwargs):
         raise UnsupportedOpError(
             f"np.{name}(..., out=...) writes in place, which tracing does not support; "
             "assign the result instead")
-    kwargs.pop("casting", None)
-    kwargs.pop("dtype", None)
+    kwargs.pop("casting", None)     # only matters with dtype= or out=
+    npfuncs.check_dtype(f"np.{name}", kwargs.pop("dtype", None))
     if kwargs.pop("where", True) is not True:
         raise UnsupportedOpError(f"np.{name}(..., where=...) is not supported; use "
                                  "symad.where on the result")
@@ -278,13 +291,18 @@ def _array_ufunc(ufunc, method, inputs, kwargs):
     if method in ("reduce", "accumulate") and ufunc.nin == 2:
         if name in ("add", "multiply"):   # object reductions use + and * directly
             return _wrap(getattr(ufunc, method)(plain[0], **kwargs))
-        kwargs.pop("initial", None)
-        return _wrap(getattr(elem, method)(plain[0], **kwargs))
+        initial = kwargs.pop("initial", npfuncs.NO_VALUE)
+        res = getattr(elem, method)(plain[0], **kwargs)
+        if initial is not npfuncs.NO_VALUE and initial is not None:
+            if method == "accumulate":
+                raise UnsupportedOpError(f"np.{name}.accumulate(..., initial=...)")
+            res = elem(_plain(res), initial)    # numpy starts the reduction from it
+        return _wrap(res)
     raise UnsupportedOpError(f"np.{name}.{method} is not supported on traced arrays")
 
 
-def _array_function(func, args, kwargs):
-    impl = ARRAY_FUNCTIONS.get(func)
+def _array_function(func, args, kwargs, impl=None):
+    impl = impl or ARRAY_FUNCTIONS.get(func)
     if impl is None:
         name = getattr(func, "__module__", "numpy") + "." + func.__name__
         raise UnsupportedOpError(
@@ -292,6 +310,7 @@ def _array_function(func, args, kwargs):
             "Write it with supported numpy functions (see symad.trace.ARRAY_FUNCTIONS) "
             "or elementwise arithmetic.")
     if impl is _STRUCTURAL:
+        args, kwargs = npfuncs.without_out_and_dtype(func, args, kwargs)
         res = func._implementation(*_plain_tree(args), **_plain_tree(kwargs))
         return _wrap(res)
     return impl(*args, **kwargs)
@@ -416,44 +435,22 @@ _OWN_UFUNCS = frozenset((*_ELEMENTWISE.values(), _ELEMENT_WHERE))
 _PRODUCT_UFUNCS = ("matmul", "vecdot", "matvec", "vecmat")
 
 
-def _clip(a, a_min=None, a_max=None, **kw):
+def _clip(a, *args, **kwargs):
+    lo, hi = npfuncs.clip_bounds(*args, **kwargs)
     r = _plain(a)
-    if a_min is not None:
-        r = _ELEMENTWISE["maximum"](r, _plain(a_min))
-    if a_max is not None:
-        r = _ELEMENTWISE["minimum"](r, _plain(a_max))
+    if lo is not None:
+        r = _ELEMENTWISE["maximum"](r, _plain(lo))
+    if hi is not None:
+        r = _ELEMENTWISE["minimum"](r, _plain(hi))
     return _wrap(r)
 
 
-def _mean(a, axis=None, keepdims=False, **kw):
-    p = _plain(a)
-    s = np.sum(p, axis=axis, keepdims=keepdims)
-    n = p.size if axis is None else np.prod([p.shape[i] for i in np.atleast_1d(axis)])
-    return _wrap(s / float(n)) if isinstance(s, np.ndarray) else s / float(n)
+def _extreme(ufunc):
+    reduce = npfuncs.extreme(ufunc)
 
-
-def _var(a, axis=None, ddof=0, keepdims=False, **kw):
-    p = _plain(a)
-    mean = _mean(p, axis=axis, keepdims=True)
-    d = p - _plain(mean)
-    s = np.sum(d * d, axis=axis, keepdims=keepdims)
-    n = p.size if axis is None else np.prod([p.shape[i] for i in np.atleast_1d(axis)])
-    return _wrap(s / float(n - ddof)) if isinstance(s, np.ndarray) else s / float(n - ddof)
-
-
-def _std(a, axis=None, ddof=0, keepdims=False, **kw):
-    return np.sqrt(_var(a, axis=axis, ddof=ddof, keepdims=keepdims))
-
-
-def _max_reduce(ufunc_name):
-    def reduce(a, axis=None, keepdims=False, **kw):
-        p = _plain(a)
-        elem = _ELEMENTWISE[ufunc_name]
-        if axis is None:
-            p = p.reshape(-1)
-            axis = 0
-        return _wrap(elem.reduce(p, axis=axis, keepdims=keepdims))
-    return reduce
+    def traced(a, *args, **kwargs):     # a plain object array would ask for bool()
+        return reduce(_wrap(np.asarray(_plain(a), dtype=object)), *args, **kwargs)
+    return traced
 
 
 def _linalg_norm(x, ord=None, axis=None, keepdims=False):
@@ -466,6 +463,17 @@ def _linalg_norm(x, ord=None, axis=None, keepdims=False):
 
 
 _STRUCTURAL = object()  # numpy's own implementation works on object arrays of tracers
+
+def _with_where(func, identity: float):
+    """np.sum / np.prod: numpy's object loops need ``initial`` with ``where=`` (object has
+    no identity); the float64 one, which adds (multiplies) exactly, is supplied."""
+    def reduce(*args, **kwargs):
+        if kwargs.get("where", True) is not True and "initial" not in kwargs and \
+                len(args) < 6:
+            kwargs["initial"] = identity
+        return _array_function(func, args, kwargs, impl=_STRUCTURAL)
+    return reduce
+
 
 ARRAY_FUNCTIONS = {f: _STRUCTURAL for f in (
     np.sum, np.prod, np.dot, np.vdot, np.inner, np.outer, np.matmul, np.tensordot,
@@ -487,9 +495,11 @@ ARRAY_FUNCTIONS.update({f: _STRUCTURAL for f in (
 if hasattr(np, "matrix_transpose"):
     ARRAY_FUNCTIONS[np.matrix_transpose] = _STRUCTURAL
 ARRAY_FUNCTIONS.update({
-    np.where: _where, np.clip: _clip, np.mean: _mean, np.average: _mean, np.var: _var,
-    np.std: _std, np.max: _max_reduce("maximum"), np.amax: _max_reduce("maximum"),
-    np.min: _max_reduce("minimum"), np.amin: _max_reduce("minimum"),
+    np.sum: _with_where(np.sum, -0.0), np.prod: _with_where(np.prod, 1.0),
+    np.where: _where, np.clip: _clip, np.mean: npfuncs.mean, np.average: npfuncs.average,
+    np.var: npfuncs.var, np.std: npfuncs.std, np.max: _extreme(np.maximum),
+    np.amax: _extreme(np.maximum), np.min: _extreme(np.minimum),
+    np.amin: _extreme(np.minimum),
     np.linalg.norm: _linalg_norm,
 })
 
