@@ -610,12 +610,6 @@ def _clip(a, *args, **kwargs):
     return r
 
 
-def _norm(x, ord=None, axis=None, keepdims=False):
-    if ord not in (None, 2, "fro") or (ord == 2 and axis is not None and np.ndim(x) > 1):
-        raise Unsupported(f"np.linalg.norm(ord={ord!r})")
-    return _elementwise("sqrt", _sum(x * x, axis, keepdims))
-
-
 def _diff(a, n=1, axis=-1, **kw):
     if kw:
         raise Unsupported("np.diff with prepend= or append=")
@@ -724,7 +718,7 @@ _FUNCTIONS = {
     np.sum: _np_sum, np.mean: _lifted(npfuncs.mean),
     np.average: _lifted(npfuncs.average), np.var: _lifted(npfuncs.var),
     np.std: _lifted(npfuncs.std), np.dot: _dot,
-    np.where: _where, np.clip: _clip, np.linalg.norm: _norm, np.diff: _diff,
+    np.where: _where, np.clip: _clip, np.linalg.norm: _lifted(npfuncs.norm), np.diff: _diff,
     np.outer: _outer, np.inner: _inner, np.vdot: _vdot, np.reshape: _reshape,
     np.shape: lambda a: a.shape, np.ndim: lambda a: len(a.shape),
     np.size: lambda a, axis=None: a.size if axis is None else a.shape[axis],
@@ -744,6 +738,9 @@ if hasattr(np, "matrix_transpose"):
     _FUNCTIONS[np.matrix_transpose] = _rearranging(np.matrix_transpose)
 if hasattr(np.linalg, "matmul"):
     _FUNCTIONS[np.linalg.matmul] = _matmul
+if hasattr(np.linalg, "vector_norm"):
+    _FUNCTIONS[np.linalg.vector_norm] = _lifted(npfuncs.vector_norm)
+    _FUNCTIONS[np.linalg.matrix_norm] = _lifted(npfuncs.matrix_norm)
 
 
 # ---- reverse mode -------------------------------------------------------------------------

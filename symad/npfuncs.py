@@ -272,3 +272,107 @@ def extreme(ufunc):
             r = ufunc(r, initial)
         return r
     return reduce
+
+
+def _axis_index(axis, ndim: int) -> int:
+    ax = int(axis)
+    if not -ndim <= ax < ndim:
+        raise getattr(np, "exceptions", np).AxisError(ax, ndim)
+    return ax % ndim
+
+
+def _svd_norm(ord) -> UnsupportedOpError:    # noqa: A002 (numpy's name)
+    return UnsupportedOpError(
+        f"np.linalg.norm of a matrix with ord={ord!r} needs its singular values, which "
+        "symad has no rule for (an SVD is not an op). Use ord='fro', 1, -1, np.inf or "
+        "-np.inf, or bound the spectral norm: it is at most the Frobenius norm and at "
+        "least that over sqrt(min(m, n)).")
+
+
+def norm(x, ord=None, axis=None, keepdims=False):   # noqa: A002 (numpy's names)
+    """np.linalg.norm with numpy's rules for ``ord``, ``axis`` and ``keepdims``: vector
+    norms of every order, matrix norms 'fro', 1, -1, inf, -inf; the singular-value ones
+    (2, -2, 'nuc') are refused."""
+    shape = _shape(x)
+    nd = len(shape)
+    inf = np.inf
+    if axis is None and (ord is None or (isinstance(ord, str) and ord in ("f", "fro")
+                                         and nd == 2)
+                         or (not isinstance(ord, str) and ord == 2 and nd == 1)):
+        return np.sqrt(np.sum(x * x, axis=None, keepdims=bool(keepdims)))
+    if axis is None:
+        axis = tuple(range(nd))
+    elif not isinstance(axis, tuple):
+        try:
+            axis = (int(axis),)
+        except Exception as e:
+            raise TypeError("'axis' must be None, an integer or a tuple of integers") from e
+    if len(axis) == 1:
+        ax = axis[0]
+        if isinstance(ord, str):
+            raise ValueError(f"Invalid norm order '{ord}' for vectors")
+        if ord == inf:
+            return np.max(np.abs(x), axis=ax, keepdims=keepdims, initial=0.0)
+        if ord == -inf:
+            return np.min(np.abs(x), axis=ax, keepdims=keepdims)
+        if ord == 0:     # the count of nonzeros: piecewise constant
+            return np.sum(np.where(x != 0.0, 1.0, 0.0), axis=ax, keepdims=keepdims)
+        if ord == 1:
+            return np.sum(np.abs(x), axis=ax, keepdims=keepdims)
+        if ord is None or ord == 2:
+            return np.sqrt(np.sum(x * x, axis=ax, keepdims=keepdims))
+        return np.sum(np.abs(x) ** ord, axis=ax, keepdims=keepdims) ** (1.0 / ord)
+    if len(axis) == 2:
+        row, col = reduced = tuple(_axis_index(a, nd) for a in axis)
+        if row == col:
+            raise ValueError("Duplicate axes given.")
+        if isinstance(ord, str) and ord == "nuc" or not isinstance(ord, str) and \
+                ord in (2, -2):
+            raise _svd_norm(ord)
+        if isinstance(ord, str) or ord is None:
+            if ord not in (None, "fro", "f"):
+                raise ValueError("Invalid norm order for matrices.")
+            ret = np.sqrt(np.sum(x * x, axis=(row, col)))
+        elif ord in (1, -1):      # the largest (smallest) column sum
+            sums = np.sum(np.abs(x), axis=row)
+            col = col - 1 if col > row else col
+            ret = np.max(sums, axis=col, initial=0.0) if ord == 1 else np.min(sums, axis=col)
+        elif ord in (inf, -inf):  # the largest (smallest) row sum
+            sums = np.sum(np.abs(x), axis=col)
+            row = row - 1 if row > col else row
+            ret = np.max(sums, axis=row, initial=0.0) if ord == inf else \
+                np.min(sums, axis=row)
+        else:
+            raise ValueError("Invalid norm order for matrices.")
+        if keepdims:
+            ret = np.reshape(ret, tuple(1 if ax in reduced else d
+                                        for ax, d in enumerate(shape)))
+        return ret
+    raise ValueError("Improper number of dimensions to norm.")
+
+
+def vector_norm(x, /, *, axis=None, keepdims=False, ord=2):  # noqa: A002
+    """np.linalg.vector_norm (numpy >= 2): any number of axes, flattened into one."""
+    shape = _shape(x)
+    if axis is None:
+        flat, one = np.reshape(x, (-1,)), 0
+    elif isinstance(axis, tuple):
+        axes = tuple(_axis_index(a, len(shape)) for a in axis)
+        rest = tuple(i for i in range(len(shape)) if i not in axes)
+        flat = np.reshape(np.transpose(x, axes + rest),
+                          (math.prod(shape[i] for i in axes), *(shape[i] for i in rest)))
+        one = 0
+    else:
+        flat, one = x, axis
+    res = norm(flat, ord=ord, axis=one)
+    if keepdims:
+        axes = range(len(shape)) if axis is None else \
+            (axis if isinstance(axis, tuple) else (axis,))
+        axes = {_axis_index(a, len(shape)) for a in axes}
+        res = np.reshape(res, tuple(1 if i in axes else d for i, d in enumerate(shape)))
+    return res
+
+
+def matrix_norm(x, /, *, keepdims=False, ord="fro"):  # noqa: A002
+    """np.linalg.matrix_norm (numpy >= 2): a norm over the last two axes."""
+    return norm(x, ord=ord, axis=(-2, -1), keepdims=keepdims)

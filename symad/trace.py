@@ -453,15 +453,6 @@ def _extreme(ufunc):
     return traced
 
 
-def _linalg_norm(x, ord=None, axis=None, keepdims=False):
-    if ord not in (None, 2, "fro") or (axis is not None and np.ndim(x) > 1 and ord == 2):
-        raise UnsupportedOpError(f"np.linalg.norm with ord={ord!r} is not supported on traced "
-                                 "values; only the 2-norm / Frobenius norm")
-    p = _plain(x)
-    s = np.sum(p * p, axis=axis, keepdims=keepdims)
-    return np.sqrt(_wrap(s)) if isinstance(s, np.ndarray) else apply("sqrt", (s,))
-
-
 _STRUCTURAL = object()  # numpy's own implementation works on object arrays of tracers
 
 def _with_where(func, identity: float):
@@ -500,8 +491,11 @@ ARRAY_FUNCTIONS.update({
     np.var: npfuncs.var, np.std: npfuncs.std, np.max: _extreme(np.maximum),
     np.amax: _extreme(np.maximum), np.min: _extreme(np.minimum),
     np.amin: _extreme(np.minimum),
-    np.linalg.norm: _linalg_norm,
+    np.linalg.norm: npfuncs.norm,
 })
+if hasattr(np.linalg, "vector_norm"):
+    ARRAY_FUNCTIONS[np.linalg.vector_norm] = npfuncs.vector_norm
+    ARRAY_FUNCTIONS[np.linalg.matrix_norm] = npfuncs.matrix_norm
 
 
 def lift(value) -> Tracer | TracedArray:

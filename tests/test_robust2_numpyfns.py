@@ -259,3 +259,61 @@ def test_unsupported_keywords_are_refused_by_name(monkeypatch, what, f):
             _compiled(monkeypatch, f, X, array=array)
     with pytest.raises(symad.UnsupportedOpError, match=re.escape(what)):
         symad.grad(lambda x: np.sum(f(x)))(X)
+
+
+# ---- item 6: np.linalg.norm: every ord, axis and keepdims, or a clear refusal -------------
+
+INF = np.inf
+# gradients away from 0 (|x| ** -1 and ** 0.5 have poles there), no ties in |x|
+AWAY = np.linspace(0.3, 1.9, 48).reshape(6, 8) * np.where(np.arange(48) % 3, 1.0, -1.0
+                                                          ).reshape(6, 8)
+NORM_CASES = [(f"vector ord={o}", (lambda x, o=o: np.linalg.norm(x.ravel(), o)),
+               o not in (INF, -INF)) for o in (None, 2, 1, INF, -INF, 0, 3, -1, 0.5)]
+NORM_CASES += [(f"vector ord={o} axis keepdims",
+                (lambda x, o=o: np.linalg.norm(x, o, axis=1, keepdims=True)),
+                o not in (INF, -INF)) for o in (None, 1, INF, 3)]
+NORM_CASES += [(f"matrix ord={o}", (lambda x, o=o: np.linalg.norm(x, o)),
+                o in (None, "fro")) for o in (None, "fro", 1, -1, INF, -INF)]
+NORM_CASES += [(f"matrix ord={o} axes keepdims",
+                (lambda x, o=o: np.linalg.norm(x.reshape(2, 3, 8), o, axis=(2, 0),
+                                               keepdims=True)),
+                o in (None, "fro")) for o in (None, "fro", 1, -1, INF, -INF)]
+if hasattr(np.linalg, "matrix_norm"):
+    NORM_CASES += [(f"matrix_norm ord={o}",
+                    (lambda x, o=o: np.linalg.matrix_norm(x.reshape(2, 3, 8), ord=o,
+                                                          keepdims=True)),
+                    o == "fro") for o in ("fro", 1, INF)]
+    NORM_CASES += [(f"vector_norm ord={o}",
+                    (lambda x, o=o: np.linalg.vector_norm(x.reshape(2, 3, 8), ord=o,
+                                                          axis=(0, 2), keepdims=True)),
+                    o != INF) for o in (2, 1, INF, 0)]
+
+
+@pytest.mark.parametrize("f, on_arrays", [c[1:] for c in NORM_CASES],
+                         ids=[c[0] for c in NORM_CASES])
+def test_norms_have_numpys_orders_axes_and_keepdims(monkeypatch, f, on_arrays):
+    want = f(X)
+    for array in (True, False):
+        got, used_arrays = _compiled(monkeypatch, f, X, array=array)
+        assert used_arrays == (array and on_arrays)
+        assert np.shape(got) == np.shape(want)
+        np.testing.assert_allclose(got, want, rtol=1e-13)
+    _check_grad(lambda x: np.sum(f(x)), AWAY)
+
+
+@pytest.mark.parametrize("ord", [2, -2, "nuc"])
+def test_singular_value_norms_are_refused(monkeypatch, ord):   # noqa: A002
+    def f(x):
+        return np.linalg.norm(x, ord)
+    for array in (True, False):
+        with pytest.raises(symad.UnsupportedOpError, match="singular values"):
+            _compiled(monkeypatch, f, X, array=array)
+    with pytest.raises(symad.UnsupportedOpError, match=f"ord={ord!r}"):
+        symad.grad(lambda x: np.linalg.norm(x[None], ord, axis=(1, 2))[0])(X)
+
+
+def test_invalid_norm_orders_raise_numpys_errors():
+    with pytest.raises(ValueError, match="Invalid norm order 'fro' for vectors"):
+        symad.grad(lambda x: np.linalg.norm(x, "fro"))(X[0])
+    with pytest.raises(ValueError, match="Invalid norm order for matrices"):
+        symad.grad(lambda x: np.linalg.norm(x, 3))(X)
