@@ -611,8 +611,8 @@ def _clip(a, *args, **kwargs):
 
 
 def _diff(a, n=1, axis=-1, **kw):
-    if kw:
-        raise Unsupported("np.diff with prepend= or append=")
+    if kw or int(n) < 0:    # numpy's own raises for n < 0
+        raise Unsupported("np.diff with prepend=, append= or n < 0")
     g = _graph_of([a])
     a = _lift(g, a)
     for _ in range(n):

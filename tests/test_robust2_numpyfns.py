@@ -226,6 +226,14 @@ def test_reduction_keywords_are_honoured(monkeypatch, f, on_arrays):
     _check_grad(lambda x: np.sum(np.sin(f(x))), X)
 
 
+def test_diff_of_negative_order_raises_numpys_error(monkeypatch):
+    def f(x):
+        return np.diff(x, -1)
+    for array in (True, False):       # the array level ran it as n=0: x unchanged
+        with pytest.raises(ValueError, match="order must be non-negative"):
+            _compiled(monkeypatch, f, X[0], array=array)
+
+
 OUT = np.empty(8)
 REFUSED = [
     ("np.sum(..., dtype=float32)", lambda x: np.sum(x, None, np.float32)),
