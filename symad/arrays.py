@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -714,7 +715,7 @@ _UFUNCS = {
 # Keyed by the function object, not its name: np.linalg.diagonal (the last two axes) is
 # not np.diagonal (the first two), np.linalg.outer takes vectors only, and so on. A
 # numpy function missing here is Unsupported: the scalar tracer runs it instead.
-_FUNCTIONS = {
+_FUNCTIONS: dict[Any, Any] = {
     np.sum: _np_sum, np.mean: _lifted(npfuncs.mean),
     np.average: _lifted(npfuncs.average), np.var: _lifted(npfuncs.var),
     np.std: _lifted(npfuncs.std), np.dot: _dot,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def check_out(fname: str, out) -> None:
             "support; drop out= and assign the result instead")
 
 
-_SIGNATURES: dict = {}
+_SIGNATURES: dict[Any, inspect.Signature | None] = {}
 
 
 def without_out_and_dtype(func, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -57,21 +58,20 @@ def without_out_and_dtype(func, args: tuple, kwargs: dict) -> tuple[tuple, dict]
     or computes in a dtype other than float64 (given by keyword or by position; ``**kwargs``
     included, as np.einsum takes them); a float64 ``dtype`` is dropped (an object array
     cast to it would ask each traced element for its value)."""
-    sig = _SIGNATURES.get(func)
-    if sig is None:
+    if func not in _SIGNATURES:
         try:
-            sig = inspect.signature(func)
+            _SIGNATURES[func] = inspect.signature(func)
         except (TypeError, ValueError):
-            sig = False
-        _SIGNATURES[func] = sig
-    if sig is False:
+            _SIGNATURES[func] = None
+    sig = _SIGNATURES[func]
+    if sig is None:
         return args, kwargs
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError:
         return args, kwargs                  # numpy itself reports the bad call
     given = dict(bound.arguments)
-    extra = next((given.pop(p.name) for p in sig.parameters.values()
+    extra: dict = next((given.pop(p.name) for p in sig.parameters.values()
                   if p.kind is p.VAR_KEYWORD and p.name in given), {})
     fname = _fname(func)
     for where in (given, extra):

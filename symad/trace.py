@@ -10,6 +10,7 @@ numpy offers that symad has no rule for raises :class:`UnsupportedOpError` namin
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -466,7 +467,7 @@ def _with_where(func, identity: float):
     return reduce
 
 
-ARRAY_FUNCTIONS = {f: _STRUCTURAL for f in (
+ARRAY_FUNCTIONS: dict[Any, Any] = {f: _STRUCTURAL for f in (
     np.sum, np.prod, np.dot, np.vdot, np.inner, np.outer, np.matmul, np.tensordot,
     np.einsum, np.cumsum, np.cumprod, np.trace, np.diagonal, np.diag, np.diff, np.roll,
     np.reshape, np.ravel, np.transpose, np.swapaxes, np.moveaxis, np.squeeze,
