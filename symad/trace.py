@@ -458,12 +458,16 @@ _STRUCTURAL = object()  # numpy's own implementation works on object arrays of t
 
 def _with_where(func, identity: float):
     """np.sum / np.prod: numpy's object loops need ``initial`` with ``where=`` (object has
-    no identity); the float64 one, which adds (multiplies) exactly, is supplied."""
-    def reduce(*args, **kwargs):
-        if kwargs.get("where", True) is not True and "initial" not in kwargs and \
-                len(args) < 6:
+    no identity); the float64 one, which adds (multiplies) exactly, is supplied. A traced
+    mask (numpy would ask for its truth value) selects the identity instead."""
+    def reduce(a, *args, **kwargs):
+        mask = kwargs.get("where", True)
+        if isinstance(mask, (Tracer, TracedArray)):
+            a = _where(mask, a, np.full(np.shape(mask), identity))
+            del kwargs["where"]
+        elif mask is not True and "initial" not in kwargs and len(args) < 5:
             kwargs["initial"] = identity
-        return _array_function(func, args, kwargs, impl=_STRUCTURAL)
+        return _array_function(func, (a, *args), kwargs, impl=_STRUCTURAL)
     return reduce
 
 

@@ -202,6 +202,8 @@ KEYWORD_CASES = [
     ("maximum.reduce initial", lambda x: np.maximum.reduce(x, axis=0, initial=3.0), False),
     ("sum initial", lambda x: np.sum(x, initial=3.0), False),
     ("sum where", lambda x: np.sum(x, axis=0, where=MASK), False),
+    ("sum traced where", lambda x: np.sum(x, axis=0, where=x > 0.2), False),
+    ("prod traced where", lambda x: np.prod(x[4], where=x[4] > 0.2, initial=2.0), False),
     ("sum positional keepdims", lambda x: np.sum(x, 1, None, None, True), True),
     ("method sum positional", lambda x: x.sum(0, np.float64, None, True), True),
     ("add.reduce initial", lambda x: np.add.reduce(x, axis=1, initial=2.0), False),
