@@ -24,7 +24,14 @@ from . import interp
 from .ad import jvp_nodes, vjp_nodes
 from .errors import OptionError, SymadError, TracingError
 from .graph import Graph, Node
-from .trace import TracedArray, Tracer, as_float_array, new_input_leaf, output_nodes
+from .trace import (
+    TracedArray,
+    Tracer,
+    as_float_array,
+    new_input_leaf,
+    output_nodes,
+    refuse_array_subclass,
+)
 from .tree import tree_flatten, tree_unflatten
 
 _LOCAL = threading.local()
@@ -159,6 +166,10 @@ def _stage(f, args, argnums, ctx: _tracing, name: str) -> Staged:
     st = Staged(graph=graph, nested=not ctx.new, argnums=argnums)
     new_args = list(args)
     arg_names = _arg_names(f, len(args))
+    for k in range(len(args)):
+        if k not in argnums:    # constants too: f would see a matrix or a masked array
+            for leaf, path in zip(*tree_flatten(args[k], arg_names[k])[::2]):
+                refuse_array_subclass(leaf, path)
     for k in argnums:
         leaves, td, paths = tree_flatten(args[k], arg_names[k])
         var_leaves, shapes = [], []

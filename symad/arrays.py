@@ -34,10 +34,11 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from . import composite
+from . import composite, npfuncs
 from .ops import OPS
 from .tree import tree_flatten
 
@@ -372,11 +373,11 @@ class AArray:
     def transpose(self, *axes):
         return _restructure(self, lambda p: p.transpose(*axes))
 
-    def sum(self, axis=None, keepdims=False, **kw):
-        return _sum(self, axis, keepdims, **kw)
+    def sum(self, *args, **kwargs):
+        return _np_sum(self, *args, **kwargs)
 
-    def mean(self, axis=None, keepdims=False, **kw):
-        return _mean(self, axis, keepdims, **kw)
+    def mean(self, *args, **kwargs):
+        return npfuncs.mean(self, *args, **kwargs)
 
     def dot(self, other):
         return _dot(self, other)
@@ -409,18 +410,27 @@ class AArray:
     def __ne__(self, o): return _elementwise("ne", self, o)  # type: ignore[override]
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        if kwargs.get("out") is not None or kwargs.get("where", True) is not True:
-            raise Unsupported(f"np.{ufunc.__name__} with out= or where=")
-        if method == "reduce" and ufunc.__name__ == "add":
+        kwargs.pop("casting", None)     # only matters with dtype= or out=
+        if kwargs.get("out", 0) is None or kwargs.get("out", 0) == ():
+            del kwargs["out"]
+        if kwargs.get("where", False) is True:
+            del kwargs["where"]
+        dtype = kwargs.pop("dtype", None)
+        if dtype is not None and np.dtype(dtype) != np.float64:
+            raise Unsupported(f"np.{ufunc.__name__} with dtype={dtype}")
+        if method == "reduce" and ufunc.__name__ == "add" and \
+                set(kwargs) <= {"axis", "keepdims"} and len(inputs) == 1:
             return _sum(inputs[0], kwargs.get("axis", 0), kwargs.get("keepdims", False))
-        if method != "__call__" or ufunc.__name__ not in _UFUNCS:
-            raise Unsupported(f"np.{ufunc.__name__}.{method}")
+        # anything else given (out=, where=, initial=, order= ...): the scalar tracer's
+        if kwargs or method != "__call__" or ufunc.__name__ not in _UFUNCS:
+            raise Unsupported(f"np.{ufunc.__name__}.{method} with {sorted(kwargs)}")
         return _UFUNCS[ufunc.__name__](*inputs)
 
     def __array_function__(self, func, types, args, kwargs):
-        fn = _FUNCTIONS.get(func.__name__)
-        if fn is None or getattr(func, "__module__", "").split(".")[0] != "numpy":
-            raise Unsupported(f"{func.__name__}")
+        fn = _FUNCTIONS.get(func)
+        if fn is None:
+            raise Unsupported(f"{getattr(func, '__module__', '')}.{func.__name__}")
+        args, kwargs = npfuncs.without_out_and_dtype(func, args, kwargs)
         return fn(*args, **kwargs)
 
 
@@ -520,12 +530,21 @@ def _sum(a, axis=None, keepdims=False, dtype=None, out=None, **kw):
     return AArray(g, node, out_shape)
 
 
-def _mean(a, axis=None, keepdims=False, **kw):
-    g = _graph_of([a])
-    a = _lift(g, a)
-    total = _sum(a, axis, keepdims, **kw)
-    count = math.prod(a.shape[ax] for ax in _axes(axis, a.ndim))
-    return total / float(count)
+def _np_sum(a, axis=None, dtype=None, out=None, keepdims=False, initial=npfuncs.NO_VALUE,
+            where=npfuncs.NO_VALUE):
+    """np.sum; ``initial=`` and ``where=`` are left to the scalar tracer."""
+    npfuncs.check_dtype("np.sum", dtype)
+    npfuncs.check_out("np.sum", out)
+    if initial is not npfuncs.NO_VALUE or where is not npfuncs.NO_VALUE:
+        raise Unsupported("np.sum with initial= or where=")
+    return _sum(a, axis, keepdims)
+
+
+def _lifted(fn):
+    """``fn`` (from symad.npfuncs) on the operand as an AArray (lists are refused here)."""
+    def on_array(a, *args, **kwargs):
+        return fn(_lift(_graph_of([a]), a), *args, **kwargs)
+    return on_array
 
 
 def _expand(a: AArray, axis: int) -> AArray:
@@ -552,7 +571,8 @@ def _matmul(x, y):
     return out
 
 
-def _dot(x, y):
+def _dot(x, y, out=None):
+    npfuncs.check_out("np.dot", out)
     g = _graph_of([x, y])
     a, b = _lift(g, x), _lift(g, y)
     if a.ndim <= 2 and b.ndim <= 2 and a.ndim and b.ndim:
@@ -585,32 +605,19 @@ def _ceil(x):
     return -_elementwise("floor", -_lift(_graph_of([x]), x))
 
 
-def _clip(a, a_min=None, a_max=None, **kw):
+def _clip(a, *args, **kwargs):
+    lo, hi = npfuncs.clip_bounds(*args, **kwargs)
     r = a
-    if a_min is not None:
-        r = _elementwise("maximum", r, a_min)
-    if a_max is not None:
-        r = _elementwise("minimum", r, a_max)
+    if lo is not None:
+        r = _elementwise("maximum", r, lo)
+    if hi is not None:
+        r = _elementwise("minimum", r, hi)
     return r
 
 
-def _var(a, axis=None, ddof=0, keepdims=False, **kw):
-    g = _graph_of([a])
-    a = _lift(g, a)
-    d = a - _mean(a, axis, keepdims=True)
-    count = math.prod(a.shape[ax] for ax in _axes(axis, a.ndim))
-    return _sum(d * d, axis, keepdims) / float(count - ddof)
-
-
-def _norm(x, ord=None, axis=None, keepdims=False):
-    if ord not in (None, 2, "fro") or (ord == 2 and axis is not None and np.ndim(x) > 1):
-        raise Unsupported(f"np.linalg.norm(ord={ord!r})")
-    return _elementwise("sqrt", _sum(x * x, axis, keepdims))
-
-
 def _diff(a, n=1, axis=-1, **kw):
-    if kw:
-        raise Unsupported("np.diff with prepend= or append=")
+    if kw or int(n) < 0:    # numpy's own raises for n < 0
+        raise Unsupported("np.diff with prepend=, append= or n < 0")
     g = _graph_of([a])
     a = _lift(g, a)
     for _ in range(n):
@@ -626,13 +633,28 @@ def _slice_at(ndim: int, axis: int, sl: slice) -> tuple:
 
 
 def _outer(a, b, out=None):
+    npfuncs.check_out("np.outer", out)
     g = _graph_of([a, b])
     return _lift(g, a).ravel()[:, None] * _lift(g, b).ravel()[None, :]
 
 
-def _inner_product(a, b):
+def _vdot(a, b):
     g = _graph_of([a, b])
     return _sum(_lift(g, a).ravel() * _lift(g, b).ravel())
+
+
+def _inner(a, b):
+    """np.inner: the sum over the last axes, shape ``a.shape[:-1] + b.shape[:-1]``."""
+    g = _graph_of([a, b])
+    a, b = _lift(g, a), _lift(g, b)
+    if a.ndim == 0 or b.ndim == 0:
+        return a * b
+    if a.shape[-1] != b.shape[-1]:
+        raise Unsupported(f"np.inner of shapes {a.shape} and {b.shape}")
+    lead_a, lead_b = a.shape[:-1], b.shape[:-1]
+    x = a.reshape(lead_a + (1,) * len(lead_b) + a.shape[-1:])
+    y = b.reshape((1,) * len(lead_a) + b.shape)
+    return _sum(x * y, -1)
 
 
 def _rearranging(func):
@@ -701,19 +723,36 @@ _UFUNCS = {
     "rad2deg": composite.rad2deg, "degrees": composite.rad2deg,
 }
 
-_FUNCTIONS = {
-    "sum": _sum, "mean": _mean, "average": _mean, "var": _var,
-    "std": lambda *a, **k: _unary("sqrt")(_var(*a, **k)), "dot": _dot, "matmul": _matmul,
-    "where": _where, "clip": _clip, "norm": _norm, "diff": _diff, "outer": _outer,
-    "inner": _inner_product, "vdot": _inner_product, "reshape": _reshape,
-    "shape": lambda a: a.shape, "ndim": lambda a: len(a.shape), "size": lambda a: a.size,
-    **{f.__name__: _rearranging(f) for f in (
+# Keyed by the function object, not its name: np.linalg.diagonal (the last two axes) is
+# not np.diagonal (the first two), np.linalg.outer takes vectors only, and so on. A
+# numpy function missing here is Unsupported: the scalar tracer runs it instead.
+_FUNCTIONS: dict[Any, Any] = {
+    np.sum: _np_sum, np.mean: _lifted(npfuncs.mean),
+    np.average: _lifted(npfuncs.average), np.var: _lifted(npfuncs.var),
+    np.std: _lifted(npfuncs.std), np.dot: _dot,
+    np.where: _where, np.clip: _clip, np.linalg.norm: _lifted(npfuncs.norm), np.diff: _diff,
+    np.outer: _outer, np.inner: _inner, np.vdot: _vdot, np.reshape: _reshape,
+    np.shape: lambda a: a.shape, np.ndim: lambda a: len(a.shape),
+    np.size: lambda a, axis=None: a.size if axis is None else a.shape[axis],
+    **{f: _rearranging(f) for f in (
         np.ravel, np.transpose, np.swapaxes, np.moveaxis, np.squeeze, np.expand_dims,
         np.atleast_1d, np.atleast_2d, np.broadcast_to, np.tile, np.repeat, np.flip,
         np.fliplr, np.flipud, np.roll, np.take, np.diagonal, np.copy)},
-    **{f.__name__: _joining(f) for f in (
+    **{f: _joining(f) for f in (
         np.concatenate, np.stack, np.hstack, np.vstack, np.column_stack)},
 }
+# numpy >= 2: the array-API functions whose semantics the above already give
+for _name in ("diagonal", "matrix_transpose"):
+    if hasattr(np.linalg, _name):
+        _f = getattr(np.linalg, _name)
+        _FUNCTIONS[_f] = _rearranging(_f)
+if hasattr(np, "matrix_transpose"):
+    _FUNCTIONS[np.matrix_transpose] = _rearranging(np.matrix_transpose)
+if hasattr(np.linalg, "matmul"):
+    _FUNCTIONS[np.linalg.matmul] = _matmul
+if hasattr(np.linalg, "vector_norm"):
+    _FUNCTIONS[np.linalg.vector_norm] = _lifted(npfuncs.vector_norm)
+    _FUNCTIONS[np.linalg.matrix_norm] = _lifted(npfuncs.matrix_norm)
 
 
 # ---- reverse mode -------------------------------------------------------------------------

@@ -207,6 +207,9 @@ def _leaf_info(leaf, path: str) -> tuple:
         return ()
     if isinstance(leaf, np.ndarray):
         arr = leaf
+        if type(leaf) is not np.ndarray:
+            from .trace import refuse_array_subclass
+            refuse_array_subclass(leaf, f"argument {path}")
     elif isinstance(leaf, (str, bytes)):
         raise TypeError(f"argument {path} is a {type(leaf).__name__} ({leaf!r:.40}); "
                         "expected a float or a numpy array of float64")

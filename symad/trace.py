@@ -10,10 +10,11 @@ numpy offers that symad has no rule for raises :class:`UnsupportedOpError` namin
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
-from . import arrays, composite
+from . import arrays, composite, npfuncs
 from .errors import ConcretizationError, LeakedTracerError, TracingError, UnsupportedOpError
 from .graph import Graph, Node
 from .ops import OPS
@@ -243,6 +244,19 @@ class TracedArray(np.ndarray):
     def __float__(self):
         raise _concrete_error("float() of a traced array")
 
+    # ndarray's reduction methods run numpy's C code, which writes results in place
+    # (out=) and drops initial=; the numpy functions (same parameters) trace instead.
+    def sum(self, *args, **kwargs): return _array_function(np.sum, (self, *args), kwargs)
+    def prod(self, *args, **kwargs): return _array_function(np.prod, (self, *args), kwargs)
+    def mean(self, *args, **kwargs): return _array_function(np.mean, (self, *args), kwargs)
+    def var(self, *args, **kwargs): return _array_function(np.var, (self, *args), kwargs)
+    def std(self, *args, **kwargs): return _array_function(np.std, (self, *args), kwargs)
+    def max(self, *args, **kwargs): return _array_function(np.max, (self, *args), kwargs)
+    def min(self, *args, **kwargs): return _array_function(np.min, (self, *args), kwargs)
+
+    def clip(self, min=None, max=None, out=None, **kwargs):  # noqa: A002 (ndarray's names)
+        return _clip(self, min, max, out=out, **kwargs)
+
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         return _array_ufunc(ufunc, method, inputs, kwargs)
 
@@ -251,14 +265,18 @@ class TracedArray(np.ndarray):
 
 
 def _array_ufunc(ufunc, method, inputs, kwargs):
+    if ufunc in _OWN_UFUNCS:
+        # symad's own elementwise ufuncs: a 0-d result of one is a bare Tracer, which a
+        # chained call (np.clip's maximum, then minimum) hands back to the next one here
+        return _wrap(getattr(ufunc, method)(*(_plain(i) for i in inputs), **kwargs))
     name = ufunc.__name__
     out = kwargs.pop("out", None)
     if out is not None:
         raise UnsupportedOpError(
             f"np.{name}(..., out=...) writes in place, which tracing does not support; "
             "assign the result instead")
-    kwargs.pop("casting", None)
-    kwargs.pop("dtype", None)
+    kwargs.pop("casting", None)     # only matters with dtype= or out=
+    npfuncs.check_dtype(f"np.{name}", kwargs.pop("dtype", None))
     if kwargs.pop("where", True) is not True:
         raise UnsupportedOpError(f"np.{name}(..., where=...) is not supported; use "
                                  "symad.where on the result")
@@ -266,8 +284,8 @@ def _array_ufunc(ufunc, method, inputs, kwargs):
             isinstance(i, np.ndarray) for i in inputs):
         return UFUNCS[name](*inputs)   # scalars only: no broadcasting needed
     plain = [_plain(i) for i in inputs]
-    if name == "matmul" and method == "__call__":
-        return _wrap(np.matmul(*plain, **kwargs))
+    if name in _PRODUCT_UFUNCS and method == "__call__":   # numpy's object loops
+        return _wrap(ufunc(*plain, **kwargs))
     fn = UFUNCS.get(name)
     if fn is None:
         raise UnsupportedOpError(
@@ -279,13 +297,18 @@ def _array_ufunc(ufunc, method, inputs, kwargs):
     if method in ("reduce", "accumulate") and ufunc.nin == 2:
         if name in ("add", "multiply"):   # object reductions use + and * directly
             return _wrap(getattr(ufunc, method)(plain[0], **kwargs))
-        kwargs.pop("initial", None)
-        return _wrap(getattr(elem, method)(plain[0], **kwargs))
+        initial = kwargs.pop("initial", npfuncs.NO_VALUE)
+        res = getattr(elem, method)(plain[0], **kwargs)
+        if initial is not npfuncs.NO_VALUE and initial is not None:
+            if method == "accumulate":
+                raise UnsupportedOpError(f"np.{name}.accumulate(..., initial=...)")
+            res = elem(_plain(res), initial)    # numpy starts the reduction from it
+        return _wrap(res)
     raise UnsupportedOpError(f"np.{name}.{method} is not supported on traced arrays")
 
 
-def _array_function(func, args, kwargs):
-    impl = ARRAY_FUNCTIONS.get(func)
+def _array_function(func, args, kwargs, impl=None):
+    impl = impl or ARRAY_FUNCTIONS.get(func)
     if impl is None:
         name = getattr(func, "__module__", "numpy") + "." + func.__name__
         raise UnsupportedOpError(
@@ -293,6 +316,7 @@ def _array_function(func, args, kwargs):
             "Write it with supported numpy functions (see symad.trace.ARRAY_FUNCTIONS) "
             "or elementwise arithmetic.")
     if impl is _STRUCTURAL:
+        args, kwargs = npfuncs.without_out_and_dtype(func, args, kwargs)
         res = func._implementation(*_plain_tree(args), **_plain_tree(kwargs))
         return _wrap(res)
     return impl(*args, **kwargs)
@@ -420,60 +444,46 @@ def where(cond, a, b):
 
 
 _ELEMENT_WHERE = np.frompyfunc(lambda c, a, b: apply("where", (c, a, b)), 3, 1)
+_OWN_UFUNCS = frozenset((*_ELEMENTWISE.values(), _ELEMENT_WHERE))
+_PRODUCT_UFUNCS = ("matmul", "vecdot", "matvec", "vecmat")
 
 
-def _clip(a, a_min=None, a_max=None, **kw):
+def _clip(a, *args, **kwargs):
+    lo, hi = npfuncs.clip_bounds(*args, **kwargs)
     r = _plain(a)
-    if a_min is not None:
-        r = _ELEMENTWISE["maximum"](r, _plain(a_min))
-    if a_max is not None:
-        r = _ELEMENTWISE["minimum"](r, _plain(a_max))
+    if lo is not None:
+        r = _ELEMENTWISE["maximum"](r, _plain(lo))
+    if hi is not None:
+        r = _ELEMENTWISE["minimum"](r, _plain(hi))
     return _wrap(r)
 
 
-def _mean(a, axis=None, keepdims=False, **kw):
-    p = _plain(a)
-    s = np.sum(p, axis=axis, keepdims=keepdims)
-    n = p.size if axis is None else np.prod([p.shape[i] for i in np.atleast_1d(axis)])
-    return _wrap(s / float(n)) if isinstance(s, np.ndarray) else s / float(n)
+def _extreme(ufunc):
+    reduce = npfuncs.extreme(ufunc)
 
-
-def _var(a, axis=None, ddof=0, keepdims=False, **kw):
-    p = _plain(a)
-    mean = _mean(p, axis=axis, keepdims=True)
-    d = p - _plain(mean)
-    s = np.sum(d * d, axis=axis, keepdims=keepdims)
-    n = p.size if axis is None else np.prod([p.shape[i] for i in np.atleast_1d(axis)])
-    return _wrap(s / float(n - ddof)) if isinstance(s, np.ndarray) else s / float(n - ddof)
-
-
-def _std(a, axis=None, ddof=0, keepdims=False, **kw):
-    return np.sqrt(_var(a, axis=axis, ddof=ddof, keepdims=keepdims))
-
-
-def _max_reduce(ufunc_name):
-    def reduce(a, axis=None, keepdims=False, **kw):
-        p = _plain(a)
-        elem = _ELEMENTWISE[ufunc_name]
-        if axis is None:
-            p = p.reshape(-1)
-            axis = 0
-        return _wrap(elem.reduce(p, axis=axis, keepdims=keepdims))
-    return reduce
-
-
-def _linalg_norm(x, ord=None, axis=None, keepdims=False):
-    if ord not in (None, 2, "fro") or (axis is not None and np.ndim(x) > 1 and ord == 2):
-        raise UnsupportedOpError(f"np.linalg.norm with ord={ord!r} is not supported on traced "
-                                 "values; only the 2-norm / Frobenius norm")
-    p = _plain(x)
-    s = np.sum(p * p, axis=axis, keepdims=keepdims)
-    return np.sqrt(_wrap(s)) if isinstance(s, np.ndarray) else apply("sqrt", (s,))
+    def traced(a, *args, **kwargs):     # a plain object array would ask for bool()
+        return reduce(_wrap(np.asarray(_plain(a), dtype=object)), *args, **kwargs)
+    return traced
 
 
 _STRUCTURAL = object()  # numpy's own implementation works on object arrays of tracers
 
-ARRAY_FUNCTIONS = {f: _STRUCTURAL for f in (
+def _with_where(func, identity: float):
+    """np.sum / np.prod: numpy's object loops need ``initial`` with ``where=`` (object has
+    no identity); the float64 one, which adds (multiplies) exactly, is supplied. A traced
+    mask (numpy would ask for its truth value) selects the identity instead."""
+    def reduce(a, *args, **kwargs):
+        mask = kwargs.get("where", True)
+        if isinstance(mask, (Tracer, TracedArray)):
+            a = _where(mask, a, np.full(np.shape(mask), identity))
+            del kwargs["where"]
+        elif mask is not True and "initial" not in kwargs and len(args) < 5:
+            kwargs["initial"] = identity
+        return _array_function(func, (a, *args), kwargs, impl=_STRUCTURAL)
+    return reduce
+
+
+ARRAY_FUNCTIONS: dict[Any, Any] = {f: _STRUCTURAL for f in (
     np.sum, np.prod, np.dot, np.vdot, np.inner, np.outer, np.matmul, np.tensordot,
     np.einsum, np.cumsum, np.cumprod, np.trace, np.diagonal, np.diag, np.diff, np.roll,
     np.reshape, np.ravel, np.transpose, np.swapaxes, np.moveaxis, np.squeeze,
@@ -484,12 +494,25 @@ ARRAY_FUNCTIONS = {f: _STRUCTURAL for f in (
     np.array_split, np.append, np.kron, np.cross, np.pad, np.block,
     np.linalg.multi_dot,
 )}
+# numpy >= 2: array-API functions, dispatched by object like all of these (np.linalg.
+# diagonal takes the last two axes where np.diagonal takes the first two)
+ARRAY_FUNCTIONS.update({f: _STRUCTURAL for f in (
+    getattr(np.linalg, name, None) for name in (
+        "diagonal", "trace", "matmul", "outer", "cross", "vecdot", "matrix_transpose",
+        "tensordot")) if f is not None})
+if hasattr(np, "matrix_transpose"):
+    ARRAY_FUNCTIONS[np.matrix_transpose] = _STRUCTURAL
 ARRAY_FUNCTIONS.update({
-    np.where: _where, np.clip: _clip, np.mean: _mean, np.average: _mean, np.var: _var,
-    np.std: _std, np.max: _max_reduce("maximum"), np.amax: _max_reduce("maximum"),
-    np.min: _max_reduce("minimum"), np.amin: _max_reduce("minimum"),
-    np.linalg.norm: _linalg_norm,
+    np.sum: _with_where(np.sum, -0.0), np.prod: _with_where(np.prod, 1.0),
+    np.where: _where, np.clip: _clip, np.mean: npfuncs.mean, np.average: npfuncs.average,
+    np.var: npfuncs.var, np.std: npfuncs.std, np.max: _extreme(np.maximum),
+    np.amax: _extreme(np.maximum), np.min: _extreme(np.minimum),
+    np.amin: _extreme(np.minimum),
+    np.linalg.norm: npfuncs.norm,
 })
+if hasattr(np.linalg, "vector_norm"):
+    ARRAY_FUNCTIONS[np.linalg.vector_norm] = npfuncs.vector_norm
+    ARRAY_FUNCTIONS[np.linalg.matrix_norm] = npfuncs.matrix_norm
 
 
 def lift(value) -> Tracer | TracedArray:
@@ -515,10 +538,26 @@ def new_input_leaf(graph: Graph, value, path: str):
     return flat.reshape(arr.shape).view(TracedArray)
 
 
+def refuse_array_subclass(value, path: str) -> None:
+    """Refuse ndarray subclasses whose semantics tracing would silently drop."""
+    if isinstance(value, np.matrix):
+        raise UnsupportedOpError(
+            f"{path} is a numpy.matrix, whose * and ** are matrix products; symad traces "
+            "it as a plain array, where they act elementwise. Pass np.asarray(...) and "
+            "write matrix products with @.")
+    if isinstance(value, np.ma.MaskedArray):
+        raise UnsupportedOpError(
+            f"{path} is a masked array (numpy.ma), whose mask symad would ignore: the "
+            "function would see every element. Pass np.ma.filled(x, value) (or "
+            "np.ma.getdata(x) and the mask np.ma.getmaskarray(x) as a separate argument, "
+            "selecting with symad.where).")
+
+
 def as_float_array(value, path: str = "argument") -> np.ndarray:
     """``value`` as a float64 ndarray, or a TypeError that names ``path`` and the fix."""
     if isinstance(value, (Tracer, TracedArray)):
         raise TracingError(f"{path} is already a traced value here")
+    refuse_array_subclass(value, path)
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{path} is the string {value!r:.40}; symad differentiates "
                         "functions of float64 numbers and arrays")
