@@ -313,6 +313,22 @@ _MAX_EXTENT = 2**31 - 1
 # Keys are hashed and compared by CPython recursively (no recursion guard in tuple
 # hashing): a tampered key nested deeper than any real argument list could crash it.
 _MAX_TREE_DEPTH = 1_000
+# Pickling itself recurses on the structures (two nested tuples per level), so a function
+# whose arguments or results nest deeper than this does not pickle (a clear SymadError).
+_MAX_PICKLED_DEPTH = 256
+
+
+def _tree_depth(treedef) -> int:
+    """Levels of a TreeDef (see symad.tree), without recursion."""
+    depth, stack = 0, [(treedef, 0)]
+    while stack:
+        td, d = stack.pop()
+        depth = max(depth, d)
+        if td[0] in ("tuple", "list"):
+            stack.extend((c, d + 1) for c in td[1])
+        elif td[0] == "dict":
+            stack.extend((c, d + 1) for c in td[2])
+    return depth
 
 
 def _unpickle_error(fname: str, what: str) -> SymadError:
@@ -641,6 +657,15 @@ class _Specialization:
     def _pickle_state(self) -> dict:
         state = getattr(self, "_state", None)
         if state is None:
+            # repr and pickle recurse on nested tuples (two per level of a structure): say
+            # so here rather than fail with a RecursionError halfway.
+            trees = self.grad_trees if self.is_grad else [self.out_tree]
+            for tree in [self.treedef, *trees]:
+                if _tree_depth(tree) > _MAX_PICKLED_DEPTH:
+                    raise SymadError(
+                        f"cannot pickle {self._owner_name}: its arguments or results are "
+                        f"nested over {_MAX_PICKLED_DEPTH} levels deep; flatten them (e.g. "
+                        "return a list or an array) to pickle it")
             graph = self.grad_graph if self.is_grad else self._graph
             from .persist import graph_table
             state = {"key": self.key, "table": graph_table(graph, self.outputs),

@@ -384,3 +384,27 @@ def test_eviction_while_other_threads_call_the_fast_entry():
         for t in threads:
             t.join()
     assert not errors
+
+
+def test_deeply_nested_results_refuse_to_pickle_with_a_clear_error():
+    import pickle
+
+    def nest(n):
+        def f(x):
+            out = x
+            for _ in range(n):
+                out = (out,)
+            return out
+        return f
+
+    for n in (900, 5000):       # RecursionError in repr(state) before
+        c = symad.compile(nest(n))
+        c(1.0)
+        with pytest.raises(symad.SymadError, match="nested over 256 levels"):
+            pickle.dumps(c)
+    c = symad.compile(nest(200))
+    c(1.0)
+    r = pickle.loads(pickle.dumps(c))(2.0)
+    for _ in range(200):
+        r = r[0]
+    assert r == 2.0
