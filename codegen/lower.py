@@ -229,11 +229,13 @@ CHUNK_NODES = 10_000
 # many times: a rolled node costs a buffer store and loads where straight-line code keeps
 # it in a register.
 ROLL_MIN_GAIN = 4
-# Rolled kernels keep their value buffer on the stack up to this many doubles (64 KiB;
-# the Python entry already holds up to abi.MAX_STACK_DOUBLES there, and threads may have
-# small stacks), on the heap above: a kernel with that many stored values runs for
-# microseconds, against ~0.1 us for malloc and free.
-ROLL_STACK_DOUBLES = 8_192
+# Kernels keep a scratch buffer (a rolled kernel's values, the values crossing chunks, an
+# array kernel's buffers) on the stack up to this many doubles (8 KiB), on the heap above
+# (``scratch_buffer``). The Python entry keeps at most abi.ENTRY_STACK_DOUBLES more there,
+# so a call needs well under 64 KiB of stack whatever the graph (threads may have small
+# stacks); a kernel with that many stored values runs for microseconds, against ~0.1 us
+# for malloc and free.
+KERNEL_STACK_DOUBLES = 1_024
 
 
 def rolled_plan(graph: Graph, outputs: Sequence[Node]):
@@ -319,9 +321,12 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
     fn = _kernel_fn(module, name)
     in_ptr, in_stride, out_ptr, out_stride = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    tmp = b.alloca(DOUBLE, ir.Constant(I64, max(len(slot), 1)), name="tmp")
+    # One slot per value crossing a chunk: 0.5-1 MiB at 190k nodes, on the heap then.
+    tmp, heap = scratch_buffer(b, len(slot), out_ptr, out_stride, len(outputs), "tmp")
     for cf in chunk_fns:
         b.call(cf, [in_ptr, in_stride, out_ptr, out_stride, tmp])
+    if heap:
+        free_buffer(b, tmp)
     for i, o in enumerate(outputs):
         if o.op in ("const", "input"):
             v = _fconst(o.attrs[0]) if o.op == "const" else \
@@ -341,7 +346,7 @@ def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
     table); a loop element that is an output in every iteration writes it directly.
 
     ``void name(const double* in, i64 is, double* out, i64 os)`` over one point with the
-    buffer on the stack (on the heap above ``ROLL_STACK_DOUBLES``); with ``width > 1`` the
+    buffer on the stack (on the heap above ``KERNEL_STACK_DOUBLES``); with ``width > 1`` the
     same over ``width`` consecutive points at once (as ``emit_vector_kernel``), the
     buffer (``rolled_buffer_doubles(plan, width)`` doubles) passed by the batch loop as a
     fifth argument. ``vector_math``: see ``lower_node``."""
@@ -390,27 +395,15 @@ class _Rolled:
         from .roll import Loop
         b, fn = self.b, self.fn
         n_slots = rolled_buffer_doubles(self.plan, 1)
-        heap = self.width == 1 and n_slots > ROLL_STACK_DOUBLES
+        heap = False
         if self.buffer_arg:
             self.buf = fn.args[4]
             self.buf.add_attribute("noalias")
         elif n_slots == 0:
             self.buf = None          # straight code: every value stays in a register
-        elif heap:
-            malloc = self.module.globals.get("malloc") or ir.Function(
-                self.module, ir.FunctionType(PTR, [I64]), name="malloc")
-            self.buf = b.call(malloc, [ir.Constant(I64, 8 * n_slots)], name="buf")
-            ok = b.icmp_unsigned("!=", self.buf, ir.Constant(PTR, None))
-            run, fail = fn.append_basic_block("run"), fn.append_basic_block("nomem")
-            b.cbranch(ok, run, fail)
-            # Out of memory: every output NaN rather than a crash.
-            b.position_at_end(fail)
-            nan = self.const(float("nan"))
-            _loop_over(b, fn, len(outputs), lambda b, k: self.output(k, nan), "nan")
-            b.ret_void()
-            b.position_at_end(run)
         else:
-            self.buf = b.alloca(DOUBLE, ir.Constant(I64, n_slots), name="buf")
+            self.buf, heap = scratch_buffer(b, n_slots, self.out_ptr, self.out_stride,
+                                            len(outputs))
         for seg in self.plan.segments:
             if isinstance(seg, Loop):
                 self.loop(seg)
@@ -418,9 +411,7 @@ class _Rolled:
                 self.straight(seg)
         self.outputs(outputs)
         if heap:
-            free = self.module.globals.get("free") or ir.Function(
-                self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
-            b.call(free, [self.buf])
+            free_buffer(b, self.buf)
         b.ret_void()
         return fn
 
@@ -620,6 +611,38 @@ def _loop_over(b, fn, count: int, body, name: str) -> None:
     k.add_incoming(nxt, b.block)
     b.cbranch(b.icmp_signed("<", nxt, ir.Constant(I64, count)), head, done)
     b.position_at_end(done)
+
+
+def scratch_buffer(b: ir.IRBuilder, n_doubles: int, out_ptr, out_stride, n_out: int,
+                   name: str = "buf") -> tuple:
+    """(a buffer of ``n_doubles`` doubles, whether it is on the heap), emitted at the
+    builder's position in a kernel's entry block: on the stack up to
+    ``KERNEL_STACK_DOUBLES``, else from malloc, which the kernel gives back with
+    ``free_buffer`` before it returns. Without memory the kernel writes NaN to its
+    ``n_out`` outputs (``out[k * out_stride]``) and returns: a NaN result, not a crash."""
+    if n_doubles <= KERNEL_STACK_DOUBLES:
+        return b.alloca(DOUBLE, ir.Constant(I64, max(n_doubles, 1)), name=name), False
+    module, fn = b.module, b.function
+    malloc = module.globals.get("malloc") or ir.Function(
+        module, ir.FunctionType(PTR, [I64]), name="malloc")
+    buf = b.call(malloc, [ir.Constant(I64, 8 * n_doubles)], name=name)
+    run, fail = fn.append_basic_block(f"{name}.ok"), fn.append_basic_block(f"{name}.nomem")
+    b.cbranch(b.icmp_unsigned("!=", buf, ir.Constant(PTR, None)), run, fail)
+    b.position_at_end(fail)
+    nan = _fconst(float("nan"))
+    _loop_over(b, fn, n_out, lambda b, k: b.store(nan, b.gep(
+        out_ptr, [b.mul(k, out_stride)], source_etype=DOUBLE)), f"{name}.nan")
+    b.ret_void()
+    b.position_at_end(run)
+    return buf, True
+
+
+def free_buffer(b: ir.IRBuilder, buf) -> None:
+    """Give back a heap buffer from ``scratch_buffer``."""
+    module = b.module
+    free = module.globals.get("free") or ir.Function(
+        module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
+    b.call(free, [buf])
 
 
 def _load_input(b, in_ptr, in_stride, index, node):

@@ -285,10 +285,10 @@ class _Specialization:
 
     def _entry_spec(self, spec):
         """``spec`` when the CPython fast-call entry can serve this signature (flat
-        float/array arguments, inputs and outputs fitting its stack buffer), else None."""
-        from symad.codegen.abi import MAX_STACK_DOUBLES
+        float/array arguments, at most ``MAX_ENTRY_DOUBLES`` inputs and outputs), else None."""
+        from symad.codegen.abi import MAX_ENTRY_DOUBLES
         flat_args = self.treedef == ("tuple", tuple(("leaf",) for _ in self.shapes))
-        if not flat_args or self.n_in + self.n_out > MAX_STACK_DOUBLES:
+        if not flat_args or self.n_in + self.n_out > MAX_ENTRY_DOUBLES:
             return None
         return spec
 
