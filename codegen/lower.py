@@ -243,9 +243,23 @@ def rolled_plan(graph: Graph, outputs: Sequence[Node]):
     ``ROLL_MIN_GAIN`` times smaller, else None (straight-line code is faster then)."""
     from .roll import plan
     found = plan(graph, outputs)
-    if found.body_size() * ROLL_MIN_GAIN <= len(found.schedule):
+    if found.emitted_size() * ROLL_MIN_GAIN <= len(found.schedule) + len(outputs):
         return found
     return None
+
+
+def extra_stores(graph: Graph, outputs: Sequence[Node]) -> int:
+    """Output stores straight-line code emits besides one per output node it computes
+    (constants, inputs, outputs listed again), a run of them stored by a loop counting
+    one: with the live nodes, the size of what LLVM compiles."""
+    from .roll import output_kinds, output_runs
+    first: dict[Node, int] = {}
+    for i, o in enumerate(outputs):
+        if o.args:
+            first.setdefault(o, i)
+    index = {n: j for j, n in enumerate(graph.inputs)}
+    kind, ref = output_kinds(outputs, {}, None, index, set(first.values()))
+    return len(output_runs(kind, ref))
 
 
 def emit_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node], name: str,
@@ -282,9 +296,12 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
             for a in n.args:
                 if chunk_of.get(a, k) < k and a not in slot:
                     slot[a] = len(slot)
-    out_at: dict[Node, list[int]] = {}
+    # A chunk writes each output it computes once, where it is first listed; the entry
+    # stores the rest (copies of those, constants, inputs), runs of them by loops.
+    out_at: dict[Node, int] = {}
     for i, o in enumerate(outputs):
-        out_at.setdefault(o, []).append(i)
+        if o.args:
+            out_at.setdefault(o, i)
 
     chunk_fns = []
     for k, ch in enumerate(chunks):
@@ -312,7 +329,8 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
             v = vals[n] = lower_node(b, module, n, [get(a) for a in n.args], flags)
             if n in slot:
                 b.store(v, b.gep(tmp, [ir.Constant(I64, slot[n])], source_etype=DOUBLE))
-            for i in out_at.get(n, ()):
+            i = out_at.get(n)
+            if i is not None:
                 off = b.mul(out_stride, ir.Constant(I64, i))
                 b.store(v, b.gep(out_ptr, [off], source_etype=DOUBLE))
         b.ret_void()
@@ -327,14 +345,45 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
         b.call(cf, [in_ptr, in_stride, out_ptr, out_stride, tmp])
     if heap:
         free_buffer(b, tmp)
-    for i, o in enumerate(outputs):
-        if o.op in ("const", "input"):
-            v = _fconst(o.attrs[0]) if o.op == "const" else \
-                _load_input(b, in_ptr, in_stride, index, o)
-            off = b.mul(out_stride, ir.Constant(I64, i))
-            b.store(v, b.gep(out_ptr, [off], source_etype=DOUBLE))
+    from .roll import output_kinds, output_runs
+    kind, ref = output_kinds(outputs, {}, None, index, set(out_at.values()))
+    store_outputs(_ChunkedOutputs(module, fn, b, index, out_at), outputs, kind, ref,
+                  output_runs(kind, ref))
     b.ret_void()
     return fn
+
+
+class _ChunkedOutputs:
+    """``store_outputs`` in a chunked kernel's entry, after its chunks: an output a chunk
+    computed is read back from where the chunk wrote it."""
+
+    def __init__(self, module, fn, b, index, out_at):
+        self.module, self.fn, self.b, self.index, self.out_at = module, fn, b, index, out_at
+        self.in_ptr, self.in_stride, self.out_ptr, self.out_stride = fn.args[:4]
+
+    def const(self, v: float) -> ir.Constant:
+        return _fconst(v)
+
+    def splat(self, v: ir.Value) -> ir.Value:
+        return v
+
+    def input(self, index: ir.Value) -> ir.Value:
+        b = self.b
+        return b.load(b.gep(self.in_ptr, [b.mul(index, self.in_stride)], source_etype=DOUBLE),
+                      typ=DOUBLE)
+
+    def output(self, k: ir.Value, v: ir.Value) -> None:
+        b = self.b
+        b.store(v, b.gep(self.out_ptr, [b.mul(k, self.out_stride)], source_etype=DOUBLE))
+
+    def get(self, node: Node) -> ir.Value:
+        if node.op == "const":
+            return _fconst(node.attrs[0])
+        if node.op == "input":
+            return _load_input(self.b, self.in_ptr, self.in_stride, self.index, node)
+        b = self.b
+        at = b.mul(self.out_stride, ir.Constant(I64, self.out_at[node]))
+        return b.load(b.gep(self.out_ptr, [at], source_etype=DOUBLE), typ=DOUBLE)
 
 
 def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
@@ -547,37 +596,52 @@ class _Rolled:
                                                  [0] * self.width))
 
     def outputs(self, outputs) -> None:
-        """Store the outputs; runs of buffered values at evenly spaced positions are
-        copied by a loop."""
-        from .roll import written_by_loops
-        b, position, slot_of = self.b, self.plan.position, self.plan.slot_of
-        done = written_by_loops(self.plan)
+        plan = self.plan
+        store_outputs(self, outputs, plan.out_kind, plan.out_ref, plan.out_runs)
 
-        def slot_at(o):
-            q = position.get(o)
-            return -1 if q is None else int(slot_of[q])
-        k = 0
-        while k < len(outputs):
-            if k in done:
-                k += 1
-                continue
-            at = [slot_at(o) for o in outputs[k:k + 2]]
-            run, step = 1, 0
-            if len(at) == 2 and min(at) >= 0:
-                step = at[1] - at[0]
-                while k + run < len(outputs) and k + run not in done and \
-                        slot_at(outputs[k + run]) == at[0] + run * step:
-                    run += 1
-            if run >= 8:
-                def copy(b, t, k=k, a=at[0], step=step):
-                    src = self.load(self.slot(b.add(ir.Constant(I64, a),
-                                                    b.mul(t, ir.Constant(I64, step)))))
-                    self.output(b.add(t, ir.Constant(I64, k)), src)
-                _loop_over(b, self.fn, run, copy, f"out{k}")
-                k += run
-                continue
-            self.output(ir.Constant(I64, k), self.get(outputs[k]))
-            k += 1
+    def slot_value(self, idx: ir.Value) -> ir.Value:
+        return self.load(self.slot(idx))
+
+
+def store_outputs(w, outputs, kind, ref, runs) -> None:
+    """Store ``outputs`` (see ``roll.output_runs``): each run by one loop (evenly spaced
+    buffer slots or inputs copied, constants from a table or one constant, one register
+    value), lone outputs one by one. ``w`` emits: ``output``, ``input``, ``const``,
+    ``splat``, ``slot_value`` and ``get`` (a node's value), as ``_Rolled`` does."""
+    import numpy as np
+
+    from .roll import OUT_CONST, OUT_INPUT, OUT_SLOT
+    b = w.b
+
+    def at(a, step, t):
+        return b.add(ir.Constant(I64, a), b.mul(t, ir.Constant(I64, step))) if step \
+            else ir.Constant(I64, a)
+    for k, count, step in runs:
+        if count == 1:
+            w.output(ir.Constant(I64, k), w.get(outputs[k]))
+            continue
+        kd, a = int(kind[k]), int(ref[k])
+        if kd == OUT_SLOT:
+            def body(b, t, a=a, step=step):
+                return w.slot_value(at(a, step, t))
+        elif kd == OUT_INPUT:
+            def body(b, t, a=a, step=step):
+                return w.input(at(a, step, t))
+        elif kd == OUT_CONST and not (ref[k:k + count] == a).all():
+            values = np.array([o.attrs[0] for o in outputs[k:k + count]], np.float64)
+            table, _ = _table(w.module, values, f"outc{k}")
+
+            def body(b, t, table=table):
+                return w.splat(b.load(b.gep(table, [t], source_etype=DOUBLE), typ=DOUBLE))
+        else:                       # one constant, or one value, stored many times
+            v = w.get(outputs[k])
+
+            def body(b, t, v=v):
+                return v
+
+        def copy(b, t, k=k, body=body):
+            w.output(b.add(t, ir.Constant(I64, k)), body(b, t))
+        _loop_over(b, w.fn, count, copy, f"out{k}")
 
 
 def _table(module: ir.Module, values, name: str) -> tuple:

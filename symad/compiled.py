@@ -366,7 +366,10 @@ class _Specialization:
                 plan = lower.rolled_plan(graph, outputs) if live > ROLL_MIN_NODES else None
             except NotImplementedError as exc:
                 raise SymadError(f"cannot compile {owner.__name__}: {exc}") from exc
-            size = plan.body_size() if plan is not None else live
+            # Everything LLVM compiles counts: n constant outputs stored one by one cost
+            # it as much as n nodes (now a loop; see roll.output_runs).
+            size = plan.emitted_size() if plan is not None else \
+                live + lower.extra_stores(graph, outputs)
             call_levels = jit.choose_levels(size, owner._opt_level)
             if owner._opt_level in (None, "auto") and size > FAST_BUILD_NODES:
                 call_levels = (call_levels[0], 0)

@@ -72,7 +72,9 @@ def test_gradient_of_an_8000_vector_in_a_64k_thread():
         f = symad.compile_grad(lambda v: np.sum(np.sin(v) * v))
         x = np.linspace(-1.0, 1.0, 8000)
         X = np.stack([x, 0.5 * x, -x])
-        f(x)                    # built in the main thread; called in the small one
+        # Built in the main thread (compiling is LLVM's own deep recursion), then called
+        # in the small one.
+        f(x), f.batch(X[:1])
         v, g = in_small_thread(lambda: f(x))
         vb, gb = in_small_thread(lambda: f.batch(X, threads=1))
         assert f.stats.get("array_level"), f.stats
@@ -100,7 +102,7 @@ def test_rolled_scalar_gradient_and_array_result_in_a_64k_thread():
             return s
         f = symad.compile_grad(loopy)
         x = np.linspace(-1.0, 1.0, 3000)
-        f(x)
+        f(x), f.batch(x[None])
         v, g = in_small_thread(lambda: f(x))
         vb, gb = in_small_thread(lambda: f.batch(np.stack([x, -x]), threads=1))
         assert f.stats["rolled"] is not None and not f.stats.get("array_level"), f.stats
@@ -142,6 +144,7 @@ def test_chunked_gradient_in_a_64k_thread():
         f = symad.compile_grad(chain)
         x = np.linspace(-1.0, 1.0, 8)
         v, g = f(x)
+        f.batch(x[None])
         assert ".chunk1" in f.llvm_ir
         vs, gs = in_small_thread(lambda: f(x))
         vb, gb = in_small_thread(lambda: f.batch(np.stack([x, 0.5 * x]), threads=1))
@@ -217,3 +220,120 @@ def test_heap_buffers_give_the_stack_paths_results(monkeypatch):
     np.testing.assert_allclose(r1, np.sin(y) + 2.0, rtol=1e-15)
     r1, r2 = h(0.5, y[:3], 2.0)                              # another shape: retraced
     np.testing.assert_allclose(r1, 0.5 * np.sin(y[:3]) + 2.0, rtol=1e-15)
+
+
+# ---- outputs stored alike: one loop, counted in the size LLVM is given -----------------
+
+@pytest.fixture
+def scalar_graphs(monkeypatch):
+    """The scalar graph (rolled), not the array-level one, whatever the size."""
+    from symad import compiled
+    monkeypatch.setattr(compiled, "ARRAY_MIN_ELEMENTS", 10**12)
+
+
+def _llvm_seconds(f) -> float:
+    s = f.stats["seconds"]
+    return s["llvm_opt"] + s["machine_code"]
+
+
+def test_gradient_of_a_sum_of_100k_is_one_loop(scalar_graphs):
+    # The 100,000 constant gradient stores were straight-line code compiled at O3 (the
+    # rolled body was 2 nodes): 276 s and 4 GB; 10^6 aborted the process.
+    n = 100_000
+    x = np.linspace(0.1, 1.3, n)
+    f = symad.compile_grad(lambda v: np.sum(v))
+    v, g = f(x)
+    assert v == pytest.approx(np.sum(x), rel=1e-12)
+    np.testing.assert_array_equal(g, np.ones(n))
+    assert f.stats["nodes"]["llvm_ir"] < 300, f.stats["nodes"]
+    assert _llvm_seconds(f) < 2.0, f.stats["seconds"]
+    vb, gb = f.batch(np.stack([x, 2.0 * x]), threads=1)
+    np.testing.assert_array_equal(gb, np.ones((2, n)))
+    np.testing.assert_allclose(vb, [np.sum(x), 2.0 * np.sum(x)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mean", "sum+sin", "pysum+sin", "sum(v*c)", "sum(v*u)"])
+def test_gradients_made_of_constants_and_inputs_are_loops(name, scalar_graphs):
+    n = 20_000
+    x = np.linspace(0.1, 1.3, n)
+    u = np.cos(np.arange(n))
+    c = np.arange(n) * 0.5 - 3.0          # a different constant per element: a table
+    head = np.ones(n)
+    head[0] += np.cos(x[0])
+    fn, grad = {
+        "mean": (lambda v: np.mean(v), np.full(n, 1.0 / n)),
+        "sum+sin": (lambda v: np.sum(v) + np.sin(v[0]), head),
+        "pysum+sin": (lambda v: sum(v) + np.sin(v[0]), head),
+        "sum(v*c)": (lambda v: np.sum(v * c), c),
+        "sum(v*u)": (lambda v, w: np.sum(v * w), (u, x)),   # gradients are the inputs
+    }[name]
+    if name == "sum(v*u)":
+        f = symad.compile_grad(fn, argnums=(0, 1))
+        v, (gv, gu) = f(x, u)
+        np.testing.assert_array_equal(gv, u)
+        np.testing.assert_array_equal(gu, x)
+        vb, (gvb, gub) = f.batch(np.stack([x, -x]), np.stack([u, 2 * u]), threads=1)
+        np.testing.assert_array_equal(gvb, np.stack([u, 2 * u]))
+        np.testing.assert_array_equal(gub, np.stack([x, -x]))
+    else:
+        f = symad.compile_grad(fn)
+        v, g = f(x)
+        assert v == pytest.approx(fn(x), rel=1e-12)
+        np.testing.assert_allclose(g, grad, rtol=1e-15)
+        vb, gb = f.batch(np.stack([x, x[::-1]]), threads=1)
+        np.testing.assert_allclose(gb[0], grad, rtol=1e-15)
+        assert vb[1] == pytest.approx(fn(x[::-1]), rel=1e-12)
+    assert f.stats["rolled"] is not None
+    assert f.stats["nodes"]["llvm_ir"] < 600, f.stats["nodes"]
+    assert _llvm_seconds(f) < 2.0, f.stats["seconds"]
+
+
+def test_repeated_outputs_are_loops(scalar_graphs):
+    # One node listed 5,000 times, then an input 3,000 times, then constants.
+    n = 3_000
+    x = np.linspace(0.1, 1.3, n)
+
+    def f(v):
+        s = np.sum(np.sin(v))
+        return np.concatenate([np.full(5_000, s * 2.0), np.full(3_000, v[3]),
+                               np.arange(4_000) * 0.25, v])
+    h = symad.compile(f)
+    out = h(x)
+    np.testing.assert_allclose(out[:5000], 2.0 * np.sum(np.sin(x)), rtol=1e-12)
+    np.testing.assert_array_equal(out[5000:8000], x[3])
+    np.testing.assert_array_equal(out[8000:12000], np.arange(4_000) * 0.25)
+    np.testing.assert_array_equal(out[12000:], x)
+    assert h.stats["nodes"]["llvm_ir"] < 600, h.stats["nodes"]
+
+
+def test_chunked_kernel_stores_constant_and_repeated_outputs_by_loops(monkeypatch):
+    # Straight code split into chunks (small chunks here, so the graph stays small): the
+    # gradient's 3,000 zeros, and the value listed many times, are loops in its entry.
+    from symad.codegen import lower
+
+    from symad import compiled
+    monkeypatch.setattr(lower, "CHUNK_NODES", 200)
+    monkeypatch.setattr(compiled, "ROLL_MIN_NODES", 10**12)
+
+    def chain(x):
+        vals = [x[i] for i in range(8)]
+        for i in range(300):
+            a, b = vals[-1], vals[(i * 7919) % len(vals)]
+            vals.append(np.sin(a) * b if i % 2 else a * 0.5 + np.tanh(b))
+        return vals[-1] + vals[-2]
+    x = np.linspace(-1.0, 1.0, 3_008)
+    f = symad.compile_grad(chain)
+    v, g = f(x)
+    assert ".chunk1" in f.llvm_ir
+    vi, gi = symad.value_and_grad(chain)(x)
+    assert v == pytest.approx(vi, rel=1e-12)
+    np.testing.assert_allclose(g, gi, rtol=1e-10, atol=1e-13)
+    assert not g[8:].any()
+    vb, gb = f.batch(np.stack([x, 0.5 * x]), threads=1)
+    np.testing.assert_allclose(gb[0], gi, rtol=1e-10, atol=1e-13)
+    # (one store per op node a chunk computes, not one per zero of the gradient)
+    assert f._latest().native.module.llvm_ir.count("store double") < 1_000
+
+    h = symad.compile(lambda v: np.full(2_000, chain(v)))
+    np.testing.assert_allclose(h(x), vi, rtol=1e-12)
+    assert h._latest().native.module.llvm_ir.count("store double") < 1_000
