@@ -629,7 +629,7 @@ def store_outputs(w, outputs, kind, ref, runs) -> None:
                 return w.input(at(a, step, t))
         elif kd == OUT_CONST and not (ref[k:k + count] == a).all():
             values = np.array([o.attrs[0] for o in outputs[k:k + count]], np.float64)
-            table, _ = _table(w.module, values, f"outc{k}")
+            table, _ = _table(w.module, values, f"{w.fn.name}.outc{k}")
 
             def body(b, t, table=table):
                 return w.splat(b.load(b.gep(table, [t], source_etype=DOUBLE), typ=DOUBLE))

@@ -337,3 +337,18 @@ def test_chunked_kernel_stores_constant_and_repeated_outputs_by_loops(monkeypatc
     h = symad.compile(lambda v: np.full(2_000, chain(v)))
     np.testing.assert_allclose(h(x), vi, rtol=1e-12)
     assert h._latest().native.module.llvm_ir.count("store double") < 1_000
+
+
+def test_constant_outputs_in_the_batch_entrys_two_kernels(scalar_graphs):
+    # A batch module holds the straight kernel and a four-point one (tanh is a libm
+    # call): both store the gradient's constants from a table of their own.
+    n = 400
+    c = np.arange(n) * 0.5 - 3.0
+    f = symad.compile_grad(lambda v: np.sum(np.tanh(v[:3])) + np.sum(v * c))
+    x = np.linspace(0.1, 1.3, n)
+    want = c.copy()
+    want[:3] += 1 - np.tanh(x[:3]) ** 2
+    np.testing.assert_allclose(f(x)[1], want, rtol=1e-15)
+    vb, gb = f.batch(np.stack([x, x[::-1]]), threads=1)
+    np.testing.assert_allclose(gb[0], want, rtol=1e-15)
+    np.testing.assert_allclose(gb[1][3:], c[3:], rtol=1e-15)
