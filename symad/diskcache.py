@@ -36,8 +36,9 @@ log = logging.getLogger("symad")
 
 ENV_VAR = "SYMAD_CACHE_DIR"
 # Bumped whenever the emitted code changes for the same graph (2: rolled loops; 3:
-# streaming stores in batches, loop totals kept in registers; 4: batches planned apart).
-FORMAT = 4
+# streaming stores in batches, loop totals kept in registers; 4: batches planned apart;
+# 5: stack buffers bounded, heap above; outputs stored alike by loops).
+FORMAT = 5
 MAGIC = b"SYMADOBJ"
 _DIGEST = 32
 
