@@ -229,8 +229,8 @@ def plan(graph: Graph, outputs: Sequence[Node]) -> Plan:
     orders = [creation, depth_first_schedule(graph, outputs),
               value_first_schedule(graph, outputs, creation)]
     plans = [plan_schedule(graph, order, outputs, table) for order in orders]
-    smallest = min(p.body_size() for p in plans)
-    return min((p for p in plans if p.body_size() <= LARGER * smallest), key=Plan.work)
+    smallest = min(p.emitted_size() for p in plans)
+    return min((p for p in plans if p.emitted_size() <= LARGER * smallest), key=Plan.work)
 
 
 def batch_plan(graph: Graph, outputs: Sequence[Node], single: Plan) -> Plan:
@@ -246,7 +246,8 @@ def batch_plan(graph: Graph, outputs: Sequence[Node], single: Plan) -> Plan:
     if not getattr(graph, "accumulations", None):
         return single
     fused = plan_schedule(graph, contributions_first_schedule(graph, outputs), outputs)
-    if fused.work() < single.work() and fused.body_size() <= LARGER * single.body_size():
+    if fused.work() < single.work() and \
+            fused.emitted_size() <= LARGER * single.emitted_size():
         return fused
     return single
 
