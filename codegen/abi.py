@@ -14,10 +14,11 @@ Three entries per compiled graph, all sharing the kernel emitted by ``lower.py``
 * ``NAME_py(self, args, nargs)``: a CPython ``METH_FASTCALL`` function emitted in IR,
   for functions whose arguments are all scalars. It reads exact ``float`` /
   ``numpy.float64`` arguments straight from the objects (``PyFloat_AS_DOUBLE``: the
-  double after the object header), calls the kernel with stack buffers and builds the
-  result tuple with ``PyFloat_FromDouble`` / ``PyTuple_New``. Anything else (wrong
-  count, ints, strings, arrays) is handed unchanged to ``self``, the Python fallback,
-  which validates and raises. It runs with the GIL held and never blocks.
+  double after the object header), calls the kernel with stack buffers (one heap block
+  above ``ENTRY_STACK_DOUBLES``) and builds the result tuple with ``PyFloat_FromDouble``
+  / ``PyTuple_New``. Anything else (wrong count, ints, strings, arrays) is handed
+  unchanged to ``self``, the Python fallback, which validates and raises. It runs with
+  the GIL held and never blocks.
 """
 
 from __future__ import annotations
@@ -306,9 +307,13 @@ _BUF_BUF, _BUF_ITEMSIZE, _BUF_NDIM, _BUF_FORMAT, _BUF_SHAPE, _BUF_STRIDES = \
 _PyBUF_WRITABLE = 0x0001
 _PyBUF_RECORDS_RO = 0x001C          # PyBUF_STRIDES | PyBUF_FORMAT, read-only is fine
 
-# The entry keeps its input and output doubles on the C stack; above this many it is not
-# emitted (the ctypes path costs microseconds, but such a call costs far more anyway).
-MAX_STACK_DOUBLES = 16_384
+# The entry is emitted for up to this many input and output doubles (above, the ctypes
+# path costs microseconds, but such a call costs far more anyway).
+MAX_ENTRY_DOUBLES = 16_384
+# It keeps them on the C stack up to this many (8 KiB; with the kernel's own
+# lower.KERNEL_STACK_DOUBLES a call stays far below a small thread stack of 64 KiB), in
+# one malloc'd block above: ~0.1 us, against the microseconds such a call takes anyway.
+ENTRY_STACK_DOUBLES = 1_024
 
 # Slots of the entry's ``self`` tuple: the Python fallback, numpy.empty, then one shape
 # tuple per array output.
@@ -404,8 +409,13 @@ def emit_py_entry(module: ir.Module, kernel: ir.Function, name: str, arg_shapes,
     entry = fn.append_basic_block("entry")
     fallback = fn.append_basic_block("fallback")
     b = ir.IRBuilder(entry)
-    in_buf = b.alloca(DOUBLE, _i64(max(n_in, 1)), name="in")
-    out_buf = b.alloca(DOUBLE, _i64(max(n_out, 1)), name="out")
+    # One array argument is read in place; otherwise the inputs are gathered into in_buf.
+    in_place = len(arg_shapes) == 1 and bool(arrays)
+    n_in_buf = 0 if in_place else n_in
+    heap = n_in_buf + n_out > ENTRY_STACK_DOUBLES
+    if not heap:
+        in_buf = b.alloca(DOUBLE, _i64(max(n_in_buf, 1)), name="in")
+        out_buf = b.alloca(DOUBLE, _i64(max(n_out, 1)), name="out")
     views = b.alloca(I8, _i64(_BUF_SIZE * max(len(arrays), 1)), name="views")
     views.align = 8
     check = fn.append_basic_block("check")
@@ -468,8 +478,14 @@ def emit_py_entry(module: ir.Module, kernel: ir.Function, name: str, arg_shapes,
                                       _i64(stride)), fail)
             stride *= int(shape[d])
 
-    # Inputs: one array argument is read in place; otherwise gather into in_buf.
-    if len(arg_shapes) == 1 and arrays:
+    if heap:
+        malloc = module.globals.get("malloc") or ir.Function(
+            module, ir.FunctionType(PTR, [I64]), name="malloc")
+        in_buf = b.call(malloc, [_i64(8 * (n_in_buf + n_out))], name="in")
+        # No memory: the Python path, which allocates its own buffers (or raises).
+        require(b.icmp_unsigned("!=", in_buf, ir.Constant(PTR, None)), release[held])
+        out_buf = b.gep(in_buf, [_i64(n_in_buf)], source_etype=DOUBLE, name="out")
+    if in_place:
         in_ptr = _load_at(b, views, _BUF_BUF, PTR)
     else:
         in_ptr, pos, k = in_buf, 0, 0
@@ -491,8 +507,15 @@ def emit_py_entry(module: ir.Module, kernel: ir.Function, name: str, arg_shapes,
     fail = fn.append_basic_block("fail")
     ctx = _ResultCtx(fn, decl, out_buf, self_obj, views, array_outs(result_spec), module)
     result = _emit_result(b, ctx, result_spec, fail)
+    free = None
+    if heap:
+        free = module.globals.get("free") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
+        b.call(free, [in_buf])
     b.ret(result)
     b.position_at_end(fail)
+    if heap:
+        b.call(free, [in_buf])
     b.ret(ir.Constant(PTR, None))
     b.position_at_end(fallback)
     # Not the compiled signature: let the Python path validate, convert or raise.

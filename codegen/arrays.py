@@ -32,7 +32,7 @@ from llvmlite import ir
 
 from symad.arrays import AGraph, ANode
 
-from .lower import DOUBLE, I64, PTR, ROLL_STACK_DOUBLES, _kernel_fn, _table, lower_node
+from .lower import DOUBLE, I64, PTR, _kernel_fn, _table, free_buffer, lower_node, scratch_buffer
 
 I32 = ir.IntType(32)
 
@@ -375,31 +375,13 @@ class _Emitter:
             b.ret_void()
             return fn
         fn = _kernel_fn(self.module, self.name)
-        out_ptr = fn.args[2]
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        heap = total > ROLL_STACK_DOUBLES
-        buf = None
-        if heap:
-            malloc = self.module.globals.get("malloc") or ir.Function(
-                self.module, ir.FunctionType(PTR, [I64]), name="malloc")
-            buf = b.call(malloc, [ir.Constant(I64, 8 * total)], name="buf")
-            ok = b.icmp_unsigned("!=", buf, ir.Constant(PTR, None))
-            run, fail = fn.append_basic_block("run"), fn.append_basic_block("nomem")
-            b.cbranch(ok, run, fail)
-            b.position_at_end(fail)          # out of memory: every output NaN, no crash
-            n_out = sum(o.size for o in self.outputs)
-            memset = self.module.globals.get("memset") or ir.Function(
-                self.module, ir.FunctionType(PTR, [PTR, I32, I64]), name="memset")
-            b.call(memset, [out_ptr, ir.Constant(I32, 0xFF), ir.Constant(I64, 8 * n_out)])
-            b.ret_void()
-            b.position_at_end(run)
-        elif total:
-            buf = b.alloca(DOUBLE, ir.Constant(I64, total), name="buf")
+        n_out = sum(o.size for o in self.outputs)
+        buf, heap = scratch_buffer(b, total, fn.args[2], fn.args[3], n_out) if total \
+            else (None, False)
         self.call_inner(b, fn, inner, live, buf)
         if heap:
-            free = self.module.globals.get("free") or ir.Function(
-                self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
-            b.call(free, [buf])
+            free_buffer(b, buf)
         b.ret_void()
         return fn
 

@@ -315,11 +315,13 @@ CHUNK_NODES = 10_000
 # many times: a rolled node costs a buffer store and loads where straight-line code keeps
 # it in a register.
 ROLL_MIN_GAIN = 4
-# Rolled kernels keep their value buffer on the stack up to this many doubles (64 KiB;
-# the Python entry already holds up to abi.MAX_STACK_DOUBLES there, and threads may have
-# small stacks), on the heap above: a kernel with that many stored values runs for
-# microseconds, against ~0.1 us for malloc and free.
-ROLL_STACK_DOUBLES = 8_192
+# Kernels keep a scratch buffer (a rolled kernel's values, the values crossing chunks, an
+# array kernel's buffers) on the stack up to this many doubles (8 KiB), on the heap above
+# (``scratch_buffer``). The Python entry keeps at most abi.ENTRY_STACK_DOUBLES more there,
+# so a call needs well under 64 KiB of stack whatever the graph (threads may have small
+# stacks); a kernel with that many stored values runs for microseconds, against ~0.1 us
+# for malloc and free.
+KERNEL_STACK_DOUBLES = 1_024
 
 
 def rolled_plan(graph: Graph, outputs: Sequence[Node]):
@@ -327,9 +329,23 @@ def rolled_plan(graph: Graph, outputs: Sequence[Node]):
     ``ROLL_MIN_GAIN`` times smaller, else None (straight-line code is faster then)."""
     from .roll import plan
     found = plan(graph, outputs)
-    if found.body_size() * ROLL_MIN_GAIN <= len(found.schedule):
+    if found.emitted_size() * ROLL_MIN_GAIN <= len(found.schedule) + len(outputs):
         return found
     return None
+
+
+def extra_stores(graph: Graph, outputs: Sequence[Node]) -> int:
+    """Output stores straight-line code emits besides one per output node it computes
+    (constants, inputs, outputs listed again), a run of them stored by a loop counting
+    one: with the live nodes, the size of what LLVM compiles."""
+    from .roll import output_kinds, output_runs
+    first: dict[Node, int] = {}
+    for i, o in enumerate(outputs):
+        if o.args:
+            first.setdefault(o, i)
+    index = {n: j for j, n in enumerate(graph.inputs)}
+    kind, ref = output_kinds(outputs, {}, None, index, set(first.values()))
+    return len(output_runs(kind, ref))
 
 
 def emit_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node], name: str,
@@ -366,9 +382,12 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
             for a in n.args:
                 if chunk_of.get(a, k) < k and a not in slot:
                     slot[a] = len(slot)
-    out_at: dict[Node, list[int]] = {}
+    # A chunk writes each output it computes once, where it is first listed; the entry
+    # stores the rest (copies of those, constants, inputs), runs of them by loops.
+    out_at: dict[Node, int] = {}
     for i, o in enumerate(outputs):
-        out_at.setdefault(o, []).append(i)
+        if o.args:
+            out_at.setdefault(o, i)
 
     chunk_fns = []
     for k, ch in enumerate(chunks):
@@ -396,7 +415,8 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
             v = vals[n] = lower_node(b, module, n, [get(a) for a in n.args], flags)
             if n in slot:
                 b.store(v, b.gep(tmp, [ir.Constant(I64, slot[n])], source_etype=DOUBLE))
-            for i in out_at.get(n, ()):
+            i = out_at.get(n)
+            if i is not None:
                 off = b.mul(out_stride, ir.Constant(I64, i))
                 b.store(v, b.gep(out_ptr, [off], source_etype=DOUBLE))
         b.ret_void()
@@ -405,17 +425,51 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
     fn = _kernel_fn(module, name)
     in_ptr, in_stride, out_ptr, out_stride = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    tmp = b.alloca(DOUBLE, ir.Constant(I64, max(len(slot), 1)), name="tmp")
+    # One slot per value crossing a chunk: 0.5-1 MiB at 190k nodes, on the heap then.
+    tmp, heap = scratch_buffer(b, len(slot), out_ptr, out_stride, len(outputs), "tmp")
     for cf in chunk_fns:
         b.call(cf, [in_ptr, in_stride, out_ptr, out_stride, tmp])
-    for i, o in enumerate(outputs):
-        if o.op in ("const", "input"):
-            v = _fconst(o.attrs[0]) if o.op == "const" else \
-                _load_input(b, in_ptr, in_stride, index, o)
-            off = b.mul(out_stride, ir.Constant(I64, i))
-            b.store(v, b.gep(out_ptr, [off], source_etype=DOUBLE))
+    if heap:
+        free_buffer(b, tmp)
+    from .roll import output_kinds, output_runs
+    kind, ref = output_kinds(outputs, {}, None, index, set(out_at.values()))
+    store_outputs(_ChunkedOutputs(module, fn, b, index, out_at), outputs, kind, ref,
+                  output_runs(kind, ref))
     b.ret_void()
     return fn
+
+
+class _ChunkedOutputs:
+    """``store_outputs`` in a chunked kernel's entry, after its chunks: an output a chunk
+    computed is read back from where the chunk wrote it."""
+
+    def __init__(self, module, fn, b, index, out_at):
+        self.module, self.fn, self.b, self.index, self.out_at = module, fn, b, index, out_at
+        self.in_ptr, self.in_stride, self.out_ptr, self.out_stride = fn.args[:4]
+
+    def const(self, v: float) -> ir.Constant:
+        return _fconst(v)
+
+    def splat(self, v: ir.Value) -> ir.Value:
+        return v
+
+    def input(self, index: ir.Value) -> ir.Value:
+        b = self.b
+        return b.load(b.gep(self.in_ptr, [b.mul(index, self.in_stride)], source_etype=DOUBLE),
+                      typ=DOUBLE)
+
+    def output(self, k: ir.Value, v: ir.Value) -> None:
+        b = self.b
+        b.store(v, b.gep(self.out_ptr, [b.mul(k, self.out_stride)], source_etype=DOUBLE))
+
+    def get(self, node: Node) -> ir.Value:
+        if node.op == "const":
+            return _fconst(node.attrs[0])
+        if node.op == "input":
+            return _load_input(self.b, self.in_ptr, self.in_stride, self.index, node)
+        b = self.b
+        at = b.mul(self.out_stride, ir.Constant(I64, self.out_at[node]))
+        return b.load(b.gep(self.out_ptr, [at], source_etype=DOUBLE), typ=DOUBLE)
 
 
 def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
@@ -427,7 +481,7 @@ def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
     table); a loop element that is an output in every iteration writes it directly.
 
     ``void name(const double* in, i64 is, double* out, i64 os)`` over one point with the
-    buffer on the stack (on the heap above ``ROLL_STACK_DOUBLES``); with ``width > 1`` the
+    buffer on the stack (on the heap above ``KERNEL_STACK_DOUBLES``); with ``width > 1`` the
     same over ``width`` consecutive points at once (as ``emit_vector_kernel``), the
     buffer (``rolled_buffer_doubles(plan, width)`` doubles) passed by the batch loop as a
     fifth argument. ``vector_math``: see ``lower_node``."""
@@ -476,27 +530,15 @@ class _Rolled:
         from .roll import Loop
         b, fn = self.b, self.fn
         n_slots = rolled_buffer_doubles(self.plan, 1)
-        heap = self.width == 1 and n_slots > ROLL_STACK_DOUBLES
+        heap = False
         if self.buffer_arg:
             self.buf = fn.args[4]
             self.buf.add_attribute("noalias")
         elif n_slots == 0:
             self.buf = None          # straight code: every value stays in a register
-        elif heap:
-            malloc = self.module.globals.get("malloc") or ir.Function(
-                self.module, ir.FunctionType(PTR, [I64]), name="malloc")
-            self.buf = b.call(malloc, [ir.Constant(I64, 8 * n_slots)], name="buf")
-            ok = b.icmp_unsigned("!=", self.buf, ir.Constant(PTR, None))
-            run, fail = fn.append_basic_block("run"), fn.append_basic_block("nomem")
-            b.cbranch(ok, run, fail)
-            # Out of memory: every output NaN rather than a crash.
-            b.position_at_end(fail)
-            nan = self.const(float("nan"))
-            _loop_over(b, fn, len(outputs), lambda b, k: self.output(k, nan), "nan")
-            b.ret_void()
-            b.position_at_end(run)
         else:
-            self.buf = b.alloca(DOUBLE, ir.Constant(I64, n_slots), name="buf")
+            self.buf, heap = scratch_buffer(b, n_slots, self.out_ptr, self.out_stride,
+                                            len(outputs))
         for seg in self.plan.segments:
             if isinstance(seg, Loop):
                 self.loop(seg)
@@ -504,9 +546,7 @@ class _Rolled:
                 self.straight(seg)
         self.outputs(outputs)
         if heap:
-            free = self.module.globals.get("free") or ir.Function(
-                self.module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
-            b.call(free, [self.buf])
+            free_buffer(b, self.buf)
         b.ret_void()
         return fn
 
@@ -642,37 +682,52 @@ class _Rolled:
                                                  [0] * self.width))
 
     def outputs(self, outputs) -> None:
-        """Store the outputs; runs of buffered values at evenly spaced positions are
-        copied by a loop."""
-        from .roll import written_by_loops
-        b, position, slot_of = self.b, self.plan.position, self.plan.slot_of
-        done = written_by_loops(self.plan)
+        plan = self.plan
+        store_outputs(self, outputs, plan.out_kind, plan.out_ref, plan.out_runs)
 
-        def slot_at(o):
-            q = position.get(o)
-            return -1 if q is None else int(slot_of[q])
-        k = 0
-        while k < len(outputs):
-            if k in done:
-                k += 1
-                continue
-            at = [slot_at(o) for o in outputs[k:k + 2]]
-            run, step = 1, 0
-            if len(at) == 2 and min(at) >= 0:
-                step = at[1] - at[0]
-                while k + run < len(outputs) and k + run not in done and \
-                        slot_at(outputs[k + run]) == at[0] + run * step:
-                    run += 1
-            if run >= 8:
-                def copy(b, t, k=k, a=at[0], step=step):
-                    src = self.load(self.slot(b.add(ir.Constant(I64, a),
-                                                    b.mul(t, ir.Constant(I64, step)))))
-                    self.output(b.add(t, ir.Constant(I64, k)), src)
-                _loop_over(b, self.fn, run, copy, f"out{k}")
-                k += run
-                continue
-            self.output(ir.Constant(I64, k), self.get(outputs[k]))
-            k += 1
+    def slot_value(self, idx: ir.Value) -> ir.Value:
+        return self.load(self.slot(idx))
+
+
+def store_outputs(w, outputs, kind, ref, runs) -> None:
+    """Store ``outputs`` (see ``roll.output_runs``): each run by one loop (evenly spaced
+    buffer slots or inputs copied, constants from a table or one constant, one register
+    value), lone outputs one by one. ``w`` emits: ``output``, ``input``, ``const``,
+    ``splat``, ``slot_value`` and ``get`` (a node's value), as ``_Rolled`` does."""
+    import numpy as np
+
+    from .roll import OUT_CONST, OUT_INPUT, OUT_SLOT
+    b = w.b
+
+    def at(a, step, t):
+        return b.add(ir.Constant(I64, a), b.mul(t, ir.Constant(I64, step))) if step \
+            else ir.Constant(I64, a)
+    for k, count, step in runs:
+        if count == 1:
+            w.output(ir.Constant(I64, k), w.get(outputs[k]))
+            continue
+        kd, a = int(kind[k]), int(ref[k])
+        if kd == OUT_SLOT:
+            def body(b, t, a=a, step=step):
+                return w.slot_value(at(a, step, t))
+        elif kd == OUT_INPUT:
+            def body(b, t, a=a, step=step):
+                return w.input(at(a, step, t))
+        elif kd == OUT_CONST and not (ref[k:k + count] == a).all():
+            values = np.array([o.attrs[0] for o in outputs[k:k + count]], np.float64)
+            table, _ = _table(w.module, values, f"{w.fn.name}.outc{k}")
+
+            def body(b, t, table=table):
+                return w.splat(b.load(b.gep(table, [t], source_etype=DOUBLE), typ=DOUBLE))
+        else:                       # one constant, or one value, stored many times
+            v = w.get(outputs[k])
+
+            def body(b, t, v=v):
+                return v
+
+        def copy(b, t, k=k, body=body):
+            w.output(b.add(t, ir.Constant(I64, k)), body(b, t))
+        _loop_over(b, w.fn, count, copy, f"out{k}")
 
 
 def _table(module: ir.Module, values, name: str) -> tuple:
@@ -706,6 +761,38 @@ def _loop_over(b, fn, count: int, body, name: str) -> None:
     k.add_incoming(nxt, b.block)
     b.cbranch(b.icmp_signed("<", nxt, ir.Constant(I64, count)), head, done)
     b.position_at_end(done)
+
+
+def scratch_buffer(b: ir.IRBuilder, n_doubles: int, out_ptr, out_stride, n_out: int,
+                   name: str = "buf") -> tuple:
+    """(a buffer of ``n_doubles`` doubles, whether it is on the heap), emitted at the
+    builder's position in a kernel's entry block: on the stack up to
+    ``KERNEL_STACK_DOUBLES``, else from malloc, which the kernel gives back with
+    ``free_buffer`` before it returns. Without memory the kernel writes NaN to its
+    ``n_out`` outputs (``out[k * out_stride]``) and returns: a NaN result, not a crash."""
+    if n_doubles <= KERNEL_STACK_DOUBLES:
+        return b.alloca(DOUBLE, ir.Constant(I64, max(n_doubles, 1)), name=name), False
+    module, fn = b.module, b.function
+    malloc = module.globals.get("malloc") or ir.Function(
+        module, ir.FunctionType(PTR, [I64]), name="malloc")
+    buf = b.call(malloc, [ir.Constant(I64, 8 * n_doubles)], name=name)
+    run, fail = fn.append_basic_block(f"{name}.ok"), fn.append_basic_block(f"{name}.nomem")
+    b.cbranch(b.icmp_unsigned("!=", buf, ir.Constant(PTR, None)), run, fail)
+    b.position_at_end(fail)
+    nan = _fconst(float("nan"))
+    _loop_over(b, fn, n_out, lambda b, k: b.store(nan, b.gep(
+        out_ptr, [b.mul(k, out_stride)], source_etype=DOUBLE)), f"{name}.nan")
+    b.ret_void()
+    b.position_at_end(run)
+    return buf, True
+
+
+def free_buffer(b: ir.IRBuilder, buf) -> None:
+    """Give back a heap buffer from ``scratch_buffer``."""
+    module = b.module
+    free = module.globals.get("free") or ir.Function(
+        module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
+    b.call(free, [buf])
 
 
 def _load_input(b, in_ptr, in_stride, index, node):

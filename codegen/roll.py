@@ -30,7 +30,7 @@ plan kept (``plan``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -102,6 +102,11 @@ class Plan:
     input_index: dict
     slot_of: np.ndarray        # buffer slot per position (-1: never in the buffer)
     n_slots: int
+    # How the kernel stores each output (``output_kinds``) and the runs it stores by a
+    # loop (``output_runs``): a gradient of n constants is one loop, not n stores.
+    out_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    out_ref: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    out_runs: list = field(default_factory=list)
 
     @property
     def rolled_nodes(self) -> int:
@@ -110,6 +115,11 @@ class Plan:
     def body_size(self) -> int:
         """Nodes emitted as instructions: straight nodes plus one body per loop."""
         return sum(len(s) if isinstance(s, range) else s.period for s in self.segments)
+
+    def emitted_size(self) -> int:
+        """What LLVM compiles, in nodes: ``body_size`` plus the output stores emitted one
+        by one and one per loop of them (compile time follows this, not the nodes)."""
+        return self.body_size() + len(self.out_runs)
 
     def work(self) -> int:
         """Estimated operations per call: every node, plus each loop's buffer stores and
@@ -219,8 +229,8 @@ def plan(graph: Graph, outputs: Sequence[Node]) -> Plan:
     orders = [creation, depth_first_schedule(graph, outputs),
               value_first_schedule(graph, outputs, creation)]
     plans = [plan_schedule(graph, order, outputs, table) for order in orders]
-    smallest = min(p.body_size() for p in plans)
-    return min((p for p in plans if p.body_size() <= LARGER * smallest), key=Plan.work)
+    smallest = min(p.emitted_size() for p in plans)
+    return min((p for p in plans if p.emitted_size() <= LARGER * smallest), key=Plan.work)
 
 
 def batch_plan(graph: Graph, outputs: Sequence[Node], single: Plan) -> Plan:
@@ -236,7 +246,8 @@ def batch_plan(graph: Graph, outputs: Sequence[Node], single: Plan) -> Plan:
     if not getattr(graph, "accumulations", None):
         return single
     fused = plan_schedule(graph, contributions_first_schedule(graph, outputs), outputs)
-    if fused.work() < single.work() and fused.body_size() <= LARGER * single.body_size():
+    if fused.work() < single.work() and \
+            fused.emitted_size() <= LARGER * single.emitted_size():
         return fused
     return single
 
@@ -287,10 +298,11 @@ def straight_plan(graph: Graph, outputs: Sequence[Node]) -> Plan:
     creation order (what ``lower`` emits for graphs that are not rolled)."""
     schedule = creation_schedule(graph, outputs)
     n = len(schedule)
-    return Plan(schedule, {node: i for i, node in enumerate(schedule)},
-                [range(0, n)] if n else [], np.zeros(n, bool), list(graph.inputs),
-                {node: j for j, node in enumerate(graph.inputs)},
-                np.full(n, -1, np.int64), 0)
+    return _with_outputs(Plan(schedule, {node: i for i, node in enumerate(schedule)},
+                              [range(0, n)] if n else [], np.zeros(n, bool),
+                              list(graph.inputs),
+                              {node: j for j, node in enumerate(graph.inputs)},
+                              np.full(n, -1, np.int64), 0), outputs)
 
 
 def creation_schedule(graph: Graph, outputs: Sequence[Node]) -> list[Node]:
@@ -355,8 +367,81 @@ def plan_schedule(graph: Graph, schedule: list, outputs: Sequence[Node],
     in_memory, by_slot = _in_memory(schedule, position, segments, in_loop, outputs)
     segments = _keep_last(segments, in_memory, by_slot)
     segments, slot_of, n_slots = _assign_slots(segments, in_memory)
-    return Plan(schedule, position, segments, in_memory, list(graph.inputs), input_index,
-                slot_of, n_slots)
+    return _with_outputs(Plan(schedule, position, segments, in_memory, list(graph.inputs),
+                              input_index, slot_of, n_slots), outputs)
+
+
+# How a kernel stores an output (``output_kinds``): written by a loop of the plan, copied
+# from a buffer slot, read from an input, a constant, or a value in a register.
+OUT_DONE, OUT_SLOT, OUT_INPUT, OUT_CONST, OUT_VALUE = range(5)
+# Outputs stored alike at least this many times in a row are stored by a loop.
+MIN_OUTPUT_RUN = 8
+
+
+def _with_outputs(p: Plan, outputs: Sequence[Node]) -> Plan:
+    done = written_by_loops(p)
+    p.out_kind, p.out_ref = output_kinds(outputs, p.position, p.slot_of, p.input_index, done)
+    p.out_runs = output_runs(p.out_kind, p.out_ref)
+    return p
+
+
+def output_kinds(outputs: Sequence[Node], position: dict, slot_of, input_index: dict,
+                 done=()) -> tuple:
+    """(kind, ref) per output: ``OUT_DONE`` for indices in ``done``; ``OUT_SLOT`` and the
+    buffer slot; ``OUT_INPUT`` and the input index; ``OUT_CONST`` and the node id
+    (constants are interned: equal ids, equal values); else ``OUT_VALUE`` and the id."""
+    n = len(outputs)
+    kind = np.full(n, OUT_VALUE, np.int8)
+    ref = np.zeros(n, np.int64)
+    for k, o in enumerate(outputs):
+        if k in done:
+            kind[k] = OUT_DONE
+            continue
+        q = position.get(o)
+        if q is not None and slot_of[q] >= 0:
+            kind[k], ref[k] = OUT_SLOT, slot_of[q]
+        elif o.op == "input" and o in input_index:
+            kind[k], ref[k] = OUT_INPUT, input_index[o]
+        else:
+            kind[k], ref[k] = OUT_CONST if o.op == "const" else OUT_VALUE, o.id
+    return kind, ref
+
+
+def output_runs(kind: np.ndarray, ref: np.ndarray) -> list:
+    """The outputs in order as ``(first, count, step)``: ``count >= MIN_OUTPUT_RUN``
+    outputs of one kind stored by one loop (slots and inputs at ``ref[first] + step*t``;
+    constants, one each, or the same register value, ``step`` 0), or one output stored
+    by itself (``count`` 1). Outputs a loop of the plan writes are left out. Linear:
+    a Python step per run or lone output, the rest vectorised."""
+    n = len(kind)
+    if n < 2:
+        return [(k, 1, 0) for k in range(n) if kind[k] != OUT_DONE]
+    runs: list = []
+    d = ref[1:] - ref[:-1]
+    pair = (kind[1:] == kind[:-1]) & (kind[:-1] != OUT_DONE)
+    const = pair & (kind[:-1] == OUT_CONST)
+    d = np.where(const, 0, d)               # a run of constants may hold any values
+    pair &= (kind[:-1] != OUT_VALUE) | (d == 0)
+    # stretch_end[i]: the last output of the stretch of pairs with step d[i] from i on
+    m = n - 1
+    new = np.ones(m, bool)
+    new[1:] = ~pair[1:] | ~pair[:-1] | (d[1:] != d[:-1])
+    ids = np.cumsum(new) - 1
+    last = np.zeros(int(ids[-1]) + 1, np.int64)
+    last[ids] = np.arange(m)                # the last pair of each stretch
+    k = 0
+    while k < n:
+        if kind[k] == OUT_DONE:
+            k += 1
+            continue
+        count = int(last[ids[k]]) - k + 2 if k < m and pair[k] else 1
+        if count >= MIN_OUTPUT_RUN:
+            runs.append((k, count, int(d[k])))
+            k += count
+        else:
+            runs.append((k, 1, 0))
+            k += 1
+    return runs
 
 
 def _direct_writes(segments: list, position: dict, outputs: Sequence[Node]) -> list:

@@ -471,10 +471,10 @@ class _Specialization:
 
     def _entry_spec(self, spec):
         """``spec`` when the CPython fast-call entry can serve this signature (flat
-        float/array arguments, inputs and outputs fitting its stack buffer), else None."""
-        from symad.codegen.abi import MAX_STACK_DOUBLES
+        float/array arguments, at most ``MAX_ENTRY_DOUBLES`` inputs and outputs), else None."""
+        from symad.codegen.abi import MAX_ENTRY_DOUBLES
         flat_args = self.treedef == ("tuple", tuple(("leaf",) for _ in self.shapes))
-        if not flat_args or self.n_in + self.n_out > MAX_STACK_DOUBLES:
+        if not flat_args or self.n_in + self.n_out > MAX_ENTRY_DOUBLES:
             return None
         return spec if _depth(spec) <= MAX_ENTRY_DEPTH else None
 
@@ -561,7 +561,10 @@ class _Specialization:
                 plan = lower.rolled_plan(graph, outputs) if live > ROLL_MIN_NODES else None
             except NotImplementedError as exc:
                 raise SymadError(f"cannot compile {owner.__name__}: {exc}") from exc
-            size = plan.body_size() if plan is not None else live
+            # Everything LLVM compiles counts: n constant outputs stored one by one cost
+            # it as much as n nodes (now a loop; see roll.output_runs).
+            size = plan.emitted_size() if plan is not None else \
+                live + lower.extra_stores(graph, outputs)
             call_levels = jit.choose_levels(size, owner._opt_level)
             if owner._opt_level in (None, "auto") and size > FAST_BUILD_NODES:
                 call_levels = (call_levels[0], 0)

@@ -80,8 +80,9 @@ DEFAULT_MAX_BYTES = 512 * 2**20
 MAX_ENTRY_BYTES = 256 * 2**20
 # Bumped whenever the emitted code changes for the same graph (2: rolled loops; 3:
 # streaming stores in batches, loop totals kept in registers; 4: batches planned apart;
-# 5: entries signed with the per-user HMAC key).
-FORMAT = 5
+# 5: entries signed with the per-user HMAC key; 6: stack buffers bounded, heap above,
+# outputs stored alike by loops, fmax/floordiv/... ops and fastmath flag gating).
+FORMAT = 6
 MAGIC = b"SYMADOBJ"
 _DIGEST = 32
 _KEY_BYTES = 32
