@@ -316,12 +316,12 @@ CHUNK_NODES = 10_000
 # it in a register.
 ROLL_MIN_GAIN = 4
 # Kernels keep a scratch buffer (a rolled kernel's values, the values crossing chunks, an
-# array kernel's buffers) on the stack up to this many doubles (8 KiB), on the heap above
-# (``scratch_buffer``). The Python entry keeps at most abi.ENTRY_STACK_DOUBLES more there,
-# so a call needs well under 64 KiB of stack whatever the graph (threads may have small
-# stacks); a kernel with that many stored values runs for microseconds, against ~0.1 us
-# for malloc and free.
-KERNEL_STACK_DOUBLES = 1_024
+# array kernel's buffers) on the stack up to this many doubles (16 KiB), on the heap above
+# (``scratch_buffer``). The Python entry keeps at most abi.ENTRY_STACK_DOUBLES (8 KiB) more
+# there, so a call needs well under 64 KiB of stack whatever the graph (threads may have
+# small stacks). 16 KiB, not 8: the tanh network's rolled kernel (1,683 values, a 2.7 us
+# call) paid ~0.1 us for malloc and free at 8; a kernel with more values runs longer.
+KERNEL_STACK_DOUBLES = 2_048
 
 
 def rolled_plan(graph: Graph, outputs: Sequence[Node]):
