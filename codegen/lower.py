@@ -119,32 +119,22 @@ def _sign(b, args, node, flags):
                     name=f"v{node.id}")
 
 
-def _maximum(b, args, node, flags):
-    # numpy: (x > y or isnan(x)) ? x : y. NaN in either operand gives NaN, and of two
-    # zeros the second operand wins. llvm.maxnum would drop the NaN.
-    x, y = args
-    take_x = b.or_(b.fcmp_ordered(">", x, y), b.fcmp_unordered("uno", x, x))
-    return b.select(take_x, x, y, name=f"v{node.id}")
+def _choose(cmp: str, nan_operand: int):
+    """``(x cmp y or isnan(args[nan_operand])) ? x : y``, with fcmp + select."""
+    def lower(b, args, node, flags):
+        x, y = args
+        z = args[nan_operand]
+        take_x = b.or_(b.fcmp_ordered(cmp, x, y), b.fcmp_unordered("uno", z, z))
+        return b.select(take_x, x, y, name=f"v{node.id}")
+    return lower
 
 
-def _minimum(b, args, node, flags):
-    x, y = args
-    take_x = b.or_(b.fcmp_ordered("<", x, y), b.fcmp_unordered("uno", x, x))
-    return b.select(take_x, x, y, name=f"v{node.id}")
-
-
-def _fmax(b, args, node, flags):
-    # numpy's scalar loop: (x >= y or isnan(y)) ? x : y, so a NaN operand is ignored and
-    # of two zeros the first wins. Not llvm.maxnum: it leaves the sign of a zero open.
-    x, y = args
-    take_x = b.or_(b.fcmp_ordered(">=", x, y), b.fcmp_unordered("uno", y, y))
-    return b.select(take_x, x, y, name=f"v{node.id}")
-
-
-def _fmin(b, args, node, flags):
-    x, y = args
-    take_x = b.or_(b.fcmp_ordered("<=", x, y), b.fcmp_unordered("uno", y, y))
-    return b.select(take_x, x, y, name=f"v{node.id}")
+# numpy's maximum/minimum: NaN in either operand gives NaN (a NaN x is taken, a NaN y
+# fails the comparison), and of two zeros the second operand wins; llvm.maxnum would drop
+# the NaN. fmax/fmin (numpy's scalar loop): a NaN operand is ignored and of two zeros the
+# first wins; not llvm.maxnum either, which leaves the sign of a zero open.
+_maximum, _minimum = _choose(">", 0), _choose("<", 0)
+_fmax, _fmin = _choose(">=", 1), _choose("<=", 1)
 
 
 def _intrinsic(b, name: str, args: list) -> ir.Value:
