@@ -6,7 +6,6 @@ page shows exactly what AD builds, not what ``sympy.diff`` would say.
 
 from __future__ import annotations
 
-import numpy as np
 import sympy as sp
 
 _ARG_NAMES = ("x", "y", "z")
@@ -14,10 +13,10 @@ _SAMPLE_ATTRS = {"powi": (3,)}      # an op with a static attribute: shown for n
 
 
 def _numpy_names(row) -> str:
-    fn = row.numpy
-    if isinstance(fn, np.ufunc):
-        return f"`np.{fn.__name__}`"
-    return "—"
+    from symad.ops import ufunc_names
+
+    names = [f"`np.{n}`" for n, op in ufunc_names().items() if op == row.name]
+    return ", ".join(names) or "—"
 
 
 def _partials(name: str, arity: int) -> str:

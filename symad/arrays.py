@@ -694,34 +694,7 @@ def _joining(func):
     return join
 
 
-_UFUNCS = {
-    "add": _binary("add"), "subtract": _binary("sub"), "multiply": _binary("mul"),
-    "true_divide": _binary("div"), "divide": _binary("div"), "negative": _unary("neg"),
-    "positive": lambda x: x, "power": _power, "float_power": _power,
-    "exp": _unary("exp"), "log": _unary("log"), "log1p": _unary("log1p"),
-    "expm1": _unary("expm1"), "sqrt": _unary("sqrt"), "square": lambda x: _power(x, 2),
-    "reciprocal": lambda x: _elementwise("div", 1.0, x),
-    "sin": _unary("sin"), "cos": _unary("cos"), "tan": _unary("tan"),
-    "arcsin": _unary("asin"), "arccos": _unary("acos"), "arctan": _unary("atan"),
-    "arctan2": _binary("atan2"), "sinh": _unary("sinh"), "cosh": _unary("cosh"),
-    "tanh": _unary("tanh"), "arcsinh": _unary("asinh"), "arccosh": _unary("acosh"),
-    "arctanh": _unary("atanh"), "cbrt": _unary("cbrt"), "absolute": _unary("abs"),
-    "fabs": _unary("abs"),
-    "sign": _unary("sign"), "floor": _unary("floor"), "ceil": _ceil,
-    "maximum": _binary("maximum"), "minimum": _binary("minimum"),
-    "fmax": _binary("fmax"), "fmin": _binary("fmin"),
-    "floor_divide": _binary("floordiv"), "remainder": _binary("mod"), "fmod": _binary("fmod"),
-    "less": _binary("lt"), "less_equal": _binary("le"), "greater": _binary("gt"),
-    "greater_equal": _binary("ge"), "equal": _binary("eq"), "not_equal": _binary("ne"),
-    "erf": _unary("erf"), "matmul": _matmul,
-    "exp2": _unary("exp2"), "log2": _unary("log2"), "log10": _unary("log10"),
-    "hypot": _binary("hypot"), "copysign": _binary("copysign"), "conjugate": lambda x: x,
-    "logaddexp": lambda x, y: composite.logaddexp(x, y, _where),
-    "logaddexp2": lambda x, y: composite.logaddexp2(x, y, _where),
-    "heaviside": lambda x, h0: composite.heaviside(x, h0, _where),
-    "deg2rad": composite.deg2rad, "radians": composite.deg2rad,
-    "rad2deg": composite.rad2deg, "degrees": composite.rad2deg,
-}
+_UFUNCS = composite.ufunc_table(_unary, _binary, _power, _where, ceil=_ceil, matmul=_matmul)
 
 # Keyed by the function object, not its name: np.linalg.diagonal (the last two axes) is
 # not np.diagonal (the first two), np.linalg.outer takes vectors only, and so on. A

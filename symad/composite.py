@@ -1,7 +1,11 @@
 """numpy ufuncs that symad builds from several ops (trace -> graph), by numpy's own
 definitions (its npymath C functions), so edge inputs (inf, NaN, ±0) give numpy's values
 and each branch's gradient is its own. ``where`` is the caller's select: ``symad.where``
-on scalar tracers, the array level's ``np.where`` on whole arrays."""
+on scalar tracers, the array level's ``np.where`` on whole arrays.
+
+``ufunc_table`` is the one numpy-name table: both tracers build theirs from it, so they
+accept the same ufuncs.
+"""
 
 from __future__ import annotations
 
@@ -44,3 +48,29 @@ def deg2rad(x):
 
 def rad2deg(x):
     return x * _DEG_PER_RAD
+
+
+def ufunc_table(unary, binary, power, where, **extra) -> dict:
+    """numpy ufunc name -> function, for one tracer: every op row's numpy names (see
+    ``ops.ufunc_names``) through that tracer's ``unary(op)``/``binary(op)``, then the ufuncs
+    built from several ops, then ``extra`` (a tracer's own versions).
+
+    Functions take exactly the ufunc's operands (the scalar tracer reads their argument
+    count to vectorise them)."""
+    from .ops import OPS, ufunc_names
+
+    table: dict = {name: (unary if OPS[op].arity == 1 else binary)(op)
+                   for name, op in ufunc_names().items()}
+    table.update({
+        "power": lambda x, y: power(x, y), "float_power": lambda x, y: power(x, y),
+        "square": lambda x: power(x, 2), "reciprocal": lambda x: binary("div")(1.0, x),
+        "positive": lambda x: x, "conjugate": lambda x: x,
+        "ceil": lambda x: -unary("floor")(-x),
+        "logaddexp": lambda x, y: logaddexp(x, y, where),
+        "logaddexp2": lambda x, y: logaddexp2(x, y, where),
+        "heaviside": lambda x, h0: heaviside(x, h0, where),
+        "deg2rad": lambda x: deg2rad(x), "radians": lambda x: deg2rad(x),
+        "rad2deg": lambda x: rad2deg(x), "degrees": lambda x: rad2deg(x),
+    })
+    table.update(extra)
+    return table

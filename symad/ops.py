@@ -57,6 +57,9 @@ class OpSpec:
     commutative: bool = False
     selects: bool = False              # partials are selections: AD multiplies with mul0
     convention: str = ""               # documented choice at non-smooth points
+    # numpy ufunc names besides ``numpy.__name__`` (np.arcsin is found by its name alone);
+    # both tracers map every such name to this op (see ``ufunc_names``)
+    numpy_names: tuple = ()
 
 
 def _apply(name: str, args: tuple, attrs: tuple):
@@ -169,7 +172,8 @@ OPS = op_table(
            commutative=True),
     # d/dy = -out/y as -out * (1/y): one division for both partials, and none for a
     # reciprocal 1/y, whose 1/y is ``out`` itself (-out*out; divisions cost ~10x a mul).
-    OpSpec("div", 2, np.divide, _div_partials, lambda x, y: x / y, Instr("fdiv")),
+    OpSpec("div", 2, np.divide, _div_partials, lambda x, y: x / y, Instr("fdiv"),
+           numpy_names=("true_divide",)),
     OpSpec("neg", 1, np.negative, lambda x, out: (-1.0,), lambda x: -x, Instr("fneg")),
     # x ** y for a traced y: d/dy = out*log(x) is NaN for x < 0, as in every AD system.
     OpSpec("pow", 2, np.power, lambda x, y, out: (y * x ** (y - 1), out * log(x)),
@@ -228,10 +232,10 @@ OPS = op_table(
            lambda x: sp.sign(x) * sp.Abs(x) ** sp.Rational(1, 3), Libm("cbrt"),
            domain=(0.1, 3.0)),
     OpSpec("erf", 1, _erf_np, lambda x, out: (_TWO_OVER_SQRT_PI * exp(-(x * x)),), sp.erf,
-           Libm("erf")),
+           Libm("erf"), numpy_names=("erf",)),   # scipy.special.erf is a ufunc named "erf"
     # ---- non-smooth ----
     OpSpec("abs", 1, np.abs, lambda x, out: (sign(x),), sp.Abs, Intrinsic("llvm.fabs"),
-           convention="abs'(0) = 0 (sign(0) = 0)"),
+           convention="abs'(0) = 0 (sign(0) = 0)", numpy_names=("fabs",)),
     OpSpec("sign", 1, np.sign, lambda x, out: (None,), sp.sign, Custom(),
            convention="sign' = 0 everywhere, also at 0"),
     # |x| with the sign bit of y (also of -0.0 and NaN), so d/dx is copysign(1, y) for
@@ -272,17 +276,17 @@ OPS = op_table(
            "jumps"),
     # ---- comparisons (1.0 true, 0.0 false; NaN compares false except in ne) ----
     OpSpec("lt", 2, _flag(np.less), lambda x, y, out: (None, None), _sp_lt,
-           Custom()),
+           Custom(), numpy_names=("less",)),
     OpSpec("le", 2, _flag(np.less_equal), lambda x, y, out: (None, None), _sp_le,
-           Custom()),
+           Custom(), numpy_names=("less_equal",)),
     OpSpec("gt", 2, _flag(np.greater), lambda x, y, out: (None, None), _sp_gt,
-           Custom()),
+           Custom(), numpy_names=("greater",)),
     OpSpec("ge", 2, _flag(np.greater_equal), lambda x, y, out: (None, None),
-           _sp_ge, Custom()),
+           _sp_ge, Custom(), numpy_names=("greater_equal",)),
     OpSpec("eq", 2, _flag(np.equal), lambda x, y, out: (None, None), _sp_eq,
-           Custom(), commutative=True),
+           Custom(), commutative=True, numpy_names=("equal",)),
     OpSpec("ne", 2, _flag(np.not_equal), lambda x, y, out: (None, None), _sp_ne,
-           Custom(), commutative=True),
+           Custom(), commutative=True, numpy_names=("not_equal",)),
     # ---- selection ----
     # where(c, a, b) takes a where c != 0 (NaN counts as true, as in numpy). The branch
     # not taken gets an exact 0 adjoint even when its own partials are inf or NaN.
@@ -295,6 +299,18 @@ OPS = op_table(
     OpSpec("mul0", 2, _mul0_np, lambda z, y, out: (y, z), sp.Mul, Custom(),
            selects=True),
 )
+
+
+def ufunc_names() -> dict[str, str]:
+    """numpy ufunc name -> op, from the rows: each row's numpy function's own name (when it
+    is a ufunc) and its ``numpy_names``. Both tracers build their tables from this."""
+    names: dict[str, str] = {}
+    for row in OPS.values():
+        if isinstance(row.numpy, np.ufunc):
+            names[row.numpy.__name__] = row.name
+        for alias in row.numpy_names:
+            names[alias] = row.name
+    return names
 
 
 # ---- rewrites applied at construction ----------------------------------------------

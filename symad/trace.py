@@ -380,42 +380,10 @@ def _binary(op):
     return lambda x, y: apply(op, (x, y))
 
 
-def _sign_fn(x):
-    return apply("sign", (x,))
-
-
-# numpy ufunc name -> scalar function on tracers/numbers (numpy aliases map here, not in OPS)
-UFUNCS = {
-    "add": _binary("add"), "subtract": _binary("sub"), "multiply": _binary("mul"),
-    "true_divide": _binary("div"), "divide": _binary("div"), "negative": _unary("neg"),
-    "positive": lambda x: x, "power": lambda x, y: power(x, y),
-    "float_power": lambda x, y: power(x, y),
-    "exp": _unary("exp"), "log": _unary("log"), "log1p": _unary("log1p"),
-    "expm1": _unary("expm1"), "sqrt": _unary("sqrt"), "square": lambda x: power(x, 2),
-    "reciprocal": lambda x: apply("div", (1.0, x)),
-    "exp2": _unary("exp2"), "log2": _unary("log2"), "log10": _unary("log10"),
-    "sin": _unary("sin"), "cos": _unary("cos"), "tan": _unary("tan"),
-    "arcsin": _unary("asin"), "arccos": _unary("acos"), "arctan": _unary("atan"),
-    "arctan2": _binary("atan2"), "sinh": _unary("sinh"), "cosh": _unary("cosh"),
-    "tanh": _unary("tanh"), "arcsinh": _unary("asinh"), "arccosh": _unary("acosh"),
-    "arctanh": _unary("atanh"), "cbrt": _unary("cbrt"), "absolute": _unary("abs"),
-    "fabs": _unary("abs"),
-    "sign": _sign_fn, "floor": _unary("floor"),
-    "ceil": lambda x: -apply("floor", (-x if isinstance(x, Tracer) else -np.float64(x),)),
-    "maximum": _binary("maximum"), "minimum": _binary("minimum"),
-    "fmax": _binary("fmax"), "fmin": _binary("fmin"),
-    "floor_divide": _binary("floordiv"), "remainder": _binary("mod"), "fmod": _binary("fmod"),
-    "less": _binary("lt"), "less_equal": _binary("le"), "greater": _binary("gt"),
-    "greater_equal": _binary("ge"), "equal": _binary("eq"), "not_equal": _binary("ne"),
-    "hypot": _binary("hypot"), "copysign": _binary("copysign"),
-    "logaddexp": lambda x, y: composite.logaddexp(x, y, where),
-    "logaddexp2": lambda x, y: composite.logaddexp2(x, y, where),
-    "heaviside": lambda x, h0: composite.heaviside(x, h0, where),
-    "deg2rad": composite.deg2rad, "radians": composite.deg2rad,
-    "rad2deg": composite.rad2deg, "degrees": composite.rad2deg,
-    "erf": _unary("erf"),   # scipy.special.erf is a ufunc named "erf"
-    "conjugate": lambda x: x,
-}
+# numpy ufunc name -> scalar function on tracers/numbers: the op rows' numpy names and the
+# ufuncs built from several ops (composite.ufunc_table, shared with the array level).
+# ``where`` is defined below.
+UFUNCS = composite.ufunc_table(_unary, _binary, power, lambda c, a, b: where(c, a, b))
 
 _ELEMENTWISE = {name: np.frompyfunc(fn, fn.__code__.co_argcount, 1)
                 for name, fn in UFUNCS.items()}

@@ -1,0 +1,64 @@
+"""One numpy-name table: both tracers accept the same ufuncs (built from the op rows'
+numpy names by composite.ufunc_table), and each gives numpy's values on both paths."""
+
+import importlib
+
+import numpy as np
+import pytest
+
+import symad
+from symad.ops import OPS, ufunc_names
+
+trace_mod = importlib.import_module("symad.trace")
+arrays_mod = importlib.import_module("symad.arrays")
+
+
+def _ufunc(name):
+    if name == "erf":
+        special = pytest.importorskip("scipy.special")
+        return special.erf
+    return getattr(np, name)
+
+
+def test_both_tracers_accept_the_same_ufunc_names():
+    scalar, array = set(trace_mod.UFUNCS), set(arrays_mod._UFUNCS)
+    assert array - scalar == {"matmul"}    # object arrays of scalars run @ themselves
+    assert scalar <= array
+    # every op row with a numpy ufunc is reachable by numpy's name
+    for name, op in ufunc_names().items():
+        assert trace_mod.UFUNCS[name] is not None and OPS[op].name == op
+    assert {"arcsin", "true_divide", "fabs", "less_equal", "floor_divide"} <= scalar
+
+
+def _domain(name):
+    op = ufunc_names().get(name)
+    lo, hi = OPS[op].domain if op else (-2.0, 2.0)
+    return lo + 0.05 * (hi - lo), hi - 0.05 * (hi - lo)
+
+
+@pytest.mark.parametrize("name", sorted(trace_mod.UFUNCS))
+def test_every_ufunc_name_gives_numpy_values_on_both_paths(name):
+    # libm and numpy's own (SIMD) loops may differ by an ulp or two: rtol 1e-13, not bits
+    # (tests/test_robust2_opsem.py checks edge inputs bit for bit where they must agree).
+    uf = _ufunc(name)
+    lo, hi = _domain(name)
+    n_in = uf.nin
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    xs = [rng.uniform(lo, hi, 400) for _ in range(n_in)]
+    if name == "float_power":
+        xs[0] = np.abs(xs[0])                          # a real power of a negative is NaN
+    if name in ("heaviside",):
+        xs[0][::3] = 0.0
+    if name in ("equal", "not_equal", "less_equal", "greater_equal", "maximum", "minimum",
+                "fmax", "fmin"):
+        xs[1][::4] = xs[0][::4]                       # ties
+    # an affine map after the ufunc keeps identities (positive, conjugate) real programs
+    want = np.asarray(uf(*xs), dtype=np.float64) * 1.5 + 0.25
+    f = symad.compile(lambda *a: uf(*a) * 1.5 + 0.25)
+    got = f(*xs)
+    assert f.stats.get("array_level"), name           # the array-level graph
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15, err_msg=name)
+    g = symad.compile(lambda *a: uf(*a) * 1.5 + 0.25)  # scalars: the scalar graph
+    for k in range(0, 400, 97):
+        got1 = g(*(float(x[k]) for x in xs))
+        np.testing.assert_allclose(got1, want[k], rtol=1e-13, atol=1e-15, err_msg=name)
