@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import composite, npfuncs
-from .ops import OPS
+from .ops import EXACT_RULES, OPS
 from .tree import tree_flatten
 
 # Reductions over at most this many elements per output are unrolled into additions of
@@ -138,10 +138,6 @@ class ANode:
         return f"%{self.id}[{self.size}] = {' '.join(parts)}"
 
 
-def _same(x: float, value: float) -> bool:
-    return x == value and math.copysign(1.0, x) == math.copysign(1.0, value)
-
-
 class AGraph:
     """Interned array nodes in creation (= topological) order; CSE as in ``Graph``."""
 
@@ -188,9 +184,11 @@ class AGraph:
         hit = self._table.get((op, args, attrs))
         if hit is not None:
             return hit
-        simpler = _simplify(self, op, args, attrs, size)
-        if simpler is not None:
-            return simpler
+        rule = EXACT_RULES.get(op)     # the scalar graph's rewrites, one set
+        if rule is not None:
+            simpler = rule(_Sized(self, size), args, attrs)
+            if simpler is not None and simpler.size == size:   # never a broadcast operand
+                return simpler
         return self._intern(op, args, attrs, size)
 
     def gather(self, x: ANode, index) -> ANode:
@@ -233,67 +231,20 @@ class AGraph:
         return [self.nodes[i] for i in range(top + 1) if mark[i]]
 
 
-def _uniform(node: ANode):
-    return node.attrs[0].uniform if node.op == "const" else None
+class _Sized:
+    """What an ``ops.EXACT_RULES`` rule builds with, for one array node of ``size``
+    elements: its constants are that long."""
 
+    __slots__ = ("graph", "size")
 
-def _simplify(g: AGraph, op, args, attrs, size):
-    """The exact rewrites of ``ops.EXACT_RULES`` for vectors (none that change a size)."""
-    def keep(x):
-        return x if x.size == size else None
-    if op == "mul":
-        for a, b in (args, args[::-1]):
-            u = _uniform(a)
-            if u is not None and _same(u, 1.0):
-                return keep(b)
-            if u is not None and _same(u, -1.0) and b.size == size:
-                return g.node("neg", (b,))
-    elif op == "add":
-        x, y = args
-        for a, b in ((x, y), (y, x)):
-            u = _uniform(b)
-            if u is not None and _same(u, -0.0):
-                return keep(a)
-            if b.op == "neg":
-                return g.node("sub", (a, b.args[0]))
-    elif op == "sub":
-        x, y = args
-        u = _uniform(y)
-        if u is not None and _same(u, 0.0):
-            return keep(x)
-        if y.op == "neg":
-            return g.node("add", (x, y.args[0]))
-    elif op == "div":
-        u = _uniform(args[1])
-        if u is not None and _same(u, 1.0):
-            return keep(args[0])
-    elif op == "neg":
-        if args[0].op == "neg":
-            return args[0].args[0]
-    elif op == "powi":
-        if attrs[0] == 1:
-            return args[0]
-        if attrs[0] == 0:
-            return g.const(np.ones(size))
-    elif op == "mul0":
-        z, y = args
-        uz, uy = _uniform(z), _uniform(y)
-        if uz is not None and uz == 0.0:
-            return keep(z)
-        if uy is not None and _same(uy, 1.0):
-            return keep(z)
-        if uz is not None and _same(uz, 1.0):
-            return keep(y)
-    elif op == "where":
-        c, a, b = args
-        uc = _uniform(c)
-        if uc is not None:
-            return keep(a if (uc != 0 or math.isnan(uc)) else b)
-        if a is b:
-            return keep(a)
-    elif op in ("maximum", "minimum", "fmax", "fmin") and args[0] is args[1]:
-        return args[0]
-    return None
+    def __init__(self, graph: AGraph, size: int):
+        self.graph, self.size = graph, size
+
+    def node(self, op, args, attrs=()):
+        return self.graph.node(op, args, attrs)
+
+    def const(self, value: float):
+        return self.graph.const(np.full(self.size, float(value)))
 
 
 # ---- the numpy-facing tracer ------------------------------------------------------------

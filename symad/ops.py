@@ -316,11 +316,28 @@ def ufunc_names() -> dict[str, str]:
 # ---- rewrites applied at construction ----------------------------------------------
 
 
+# The rules serve the scalar graph and the array-level graph alike: a rule reads a
+# constant through ``_const_value`` (a scalar constant's number, or the one value of an
+# array constant whose elements are all the same bits), builds with ``g.node``/``g.const``,
+# and the array level drops a result whose size differs from the node it replaces.
+
+def _const_value(node) -> float | None:
+    """The number a constant node holds everywhere, else None."""
+    if node.op != "const":
+        return None
+    v = node.attrs[0]
+    return v if type(v) is float else getattr(v, "uniform", None)
+
+
 def _is(node, value: float) -> bool:
     """Is ``node`` the constant ``value``, bit for bit (so 0.0 and -0.0 differ)?"""
-    if node.op != "const":
+    if node.op != "const":        # the common case first: rules run on every new node
         return False
     v = node.attrs[0]
+    if type(v) is not float:
+        v = v.uniform
+        if v is None:
+            return False
     return v == value and math.copysign(1.0, v) == math.copysign(1.0, value)
 
 
@@ -383,8 +400,9 @@ def _powi_rule(g, args, attrs):
 
 def _where_rule(g, args, attrs):
     c, a, b = args
-    if c.op == "const":   # a constant condition picks its branch
-        return a if (c.attrs[0] != 0 or math.isnan(c.attrs[0])) else b
+    v = _const_value(c)
+    if v is not None:     # a constant condition picks its branch
+        return a if (v != 0 or math.isnan(v)) else b
     if a is b:            # both branches the same value
         return a
     return None
@@ -397,7 +415,7 @@ def _same_rule(g, args, attrs):
 
 def _mul0_rule(g, args, attrs):
     z, y = args
-    if z.op == "const" and z.attrs[0] == 0.0:   # mul0(0, y) == 0, whatever y is
+    if _const_value(z) == 0.0:      # mul0(0, y) == 0, whatever y is
         return z
     if _is(y, 1.0):       # mul0(z, 1) == z (z == 0 gives z too)
         return z
