@@ -34,7 +34,7 @@ from .errors import (
 )
 from .graph import Graph, Node
 from .sympy_bridge import from_sympy, swell_report, symbolic_grad, to_sympy
-from .trace import asarray
+from .trace import asarray, supported_numpy
 
 __version__ = "0.1.0"
 
@@ -42,7 +42,7 @@ __all__ = [
     "compile", "compile_grad", "CompiledFunction", "cache_info", "clear_cache",
     "trace", "grad", "value_and_grad", "jvp", "vjp", "jacobian", "hessian", "hvp",
     "numerical_grad", "check_grad",
-    "where", "asarray", "maximum", "minimum", "logistic", "softplus",
+    "where", "asarray", "maximum", "minimum", "logistic", "softplus", "supported_numpy",
     "Graph", "Node",
     "to_sympy", "from_sympy", "symbolic_grad", "swell_report",
     "SymadError", "TracingError", "ConcretizationError", "LeakedTracerError",

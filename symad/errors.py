@@ -60,11 +60,13 @@ class LeakedTracerError(TracingError):
 class UnsupportedOpError(SymadError, NotImplementedError):
     """The traced code used an operation symad has no rule for.
 
-    Supported numpy functions and ufuncs are listed in ``symad.trace.UFUNCS`` and
-    ``symad.trace.ARRAY_FUNCTIONS``. Rewrite the computation with supported operations,
-    or add an op (see ``symad.extend``)::
+    ``symad.supported_numpy()`` lists the numpy ufuncs and functions that trace. Rewrite
+    the computation with those, or add an op: one ``OpSpec`` row in ``symad/ops.py``
+    (numpy semantics, partials as graph expressions, sympy counterpart, lowering), whose
+    numpy names both tracers then accept; the table-driven tests check it::
 
-        np.sinc(x)  ->  symad.where(x == 0, 1.0, np.sin(np.pi * x) / (np.pi * x))
+        np.fft.fft(x)   ->  not differentiable here: compute it outside the traced function
+        np.sinc(x)      ->  symad.where(x == 0, 1.0, np.sin(np.pi * x) / (np.pi * x))
     """
 
 

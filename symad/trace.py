@@ -289,8 +289,10 @@ def _array_ufunc(ufunc, method, inputs, kwargs):
     fn = UFUNCS.get(name)
     if fn is None:
         raise UnsupportedOpError(
-            f"numpy ufunc np.{name} has no symad rule. Supported ufuncs: "
-            f"{', '.join(sorted(UFUNCS))}.")
+            f"numpy ufunc np.{name} has no symad rule (symad.supported_numpy() lists the "
+            f"ufuncs and functions that trace: {', '.join(sorted(UFUNCS))}). Write it with "
+            "those, or add an op: one OpSpec row in symad/ops.py, whose numpy names both "
+            "tracers then accept.")
     elem = _ELEMENTWISE[name]
     if method == "__call__":
         return _wrap(elem(*plain, **kwargs))
@@ -313,7 +315,7 @@ def _array_function(func, args, kwargs, impl=None):
         name = getattr(func, "__module__", "numpy") + "." + func.__name__
         raise UnsupportedOpError(
             f"{name.replace('numpy.', 'np.', 1)} is not supported on traced values. "
-            "Write it with supported numpy functions (see symad.trace.ARRAY_FUNCTIONS) "
+            "Write it with supported numpy functions (symad.supported_numpy() lists them) "
             "or elementwise arithmetic.")
     if impl is _STRUCTURAL:
         args, kwargs = npfuncs.without_out_and_dtype(func, args, kwargs)
@@ -481,6 +483,28 @@ ARRAY_FUNCTIONS.update({
 if hasattr(np.linalg, "vector_norm"):
     ARRAY_FUNCTIONS[np.linalg.vector_norm] = npfuncs.vector_norm
     ARRAY_FUNCTIONS[np.linalg.matrix_norm] = npfuncs.matrix_norm
+
+
+def supported_numpy() -> dict[str, list[str]]:
+    """The numpy ufuncs and functions that trace, by name.
+
+    Returns:
+        ``{"ufuncs": [...], "functions": [...]}``, sorted; functions by their full name
+        (``np.linalg.norm``), since namesakes in other namespaces may differ.
+
+    >>> names = supported_numpy()
+    >>> "arctan2" in names["ufuncs"], "np.linalg.norm" in names["functions"]
+    (True, True)
+    """
+    functions = set()
+    for f in ARRAY_FUNCTIONS:
+        module = getattr(f, "__module__", None) or "numpy"
+        if module.startswith("numpy.linalg"):
+            module = "numpy.linalg"
+        elif module.startswith("numpy"):
+            module = "numpy"
+        functions.add(module.replace("numpy", "np", 1) + "." + f.__name__)
+    return {"ufuncs": sorted(UFUNCS), "functions": sorted(functions)}
 
 
 def lift(value) -> Tracer | TracedArray:

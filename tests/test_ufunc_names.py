@@ -62,3 +62,14 @@ def test_every_ufunc_name_gives_numpy_values_on_both_paths(name):
     for k in range(0, 400, 97):
         got1 = g(*(float(x[k]) for x in xs))
         np.testing.assert_allclose(got1, want[k], rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+def test_supported_numpy_lists_what_traces_and_errors_point_to_it():
+    names = symad.supported_numpy()
+    assert names["ufuncs"] == sorted(trace_mod.UFUNCS)
+    assert {"np.linalg.norm", "np.sum", "np.einsum"} <= set(names["functions"])
+    with pytest.raises(symad.UnsupportedOpError, match=r"symad\.supported_numpy\(\)"):
+        symad.grad(lambda x: np.sum(np.fft.fft(x).real))(np.ones(4))
+    with pytest.raises(symad.UnsupportedOpError, match=r"np\.spacing has no symad rule.*"
+                                                       r"supported_numpy"):
+        symad.grad(lambda x: np.sum(np.spacing(x)))(np.ones(4))
