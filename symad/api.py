@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import numbers
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from . import interp
 from .ad import jvp_nodes, vjp_nodes
 from .errors import OptionError, SymadError, TracingError
 from .graph import Graph, Node
+from .options import check_argnums
 from .trace import (
     TracedArray,
     Tracer,
@@ -78,22 +78,6 @@ def _arg_names(f, n: int) -> list[str]:
     except (TypeError, ValueError):
         pass
     return [names[k] if k < len(names) else f"arg{k}" for k in range(n)]
-
-
-def check_argnums(argnums, fname: str):
-    """``argnums`` as an int or a tuple of ints (numpy integers too), else OptionError.
-
-    Whether it is one int decides whether a gradient comes back bare or in a tuple.
-    """
-    many = isinstance(argnums, (tuple, list))
-    nums = []
-    for k in (argnums if many else (argnums,)):
-        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
-            raise OptionError(
-                f"argnums={argnums!r} for {fname}: expected the position of a positional "
-                f"argument (an int) or a tuple of them, got {type(k).__name__} {k!r}")
-        nums.append(int(k))
-    return tuple(nums) if many else nums[0]
 
 
 def _normalize_argnums(argnums, nargs: int, fname: str) -> tuple[int, ...]:

@@ -73,7 +73,7 @@ def numerical_grad(f: Callable, *args, h: float | None = None, argnums=None):
     """
     if argnums is None:
         argnums = 0 if len(args) == 1 else tuple(range(len(args)))
-    from .api import check_argnums
+    from .options import check_argnums
     argnums = check_argnums(argnums, getattr(f, "__name__", "f"))
     nums = (argnums,) if isinstance(argnums, int) else argnums
     results = []

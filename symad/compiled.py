@@ -29,8 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from . import diskcache, logs
+from . import diskcache, logs, options
 from .errors import OptionError, SymadError
+from .persist import (
+    MAX_PICKLED_DEPTH,
+    PICKLE_FORMAT,
+    RESTORED,
+    Unavailable,
+    check_treedef,
+    checked_key,
+    checked_shapes,
+    count_leaves,
+    pickle_function,
+    restore_compiled,
+    tree_depth,
+    unpickle_error,
+)
 from .tree import tree_flatten, tree_unflatten
 
 
@@ -305,110 +319,6 @@ def _out_leaf(flat: np.ndarray, start: int, shape: tuple):
     return flat[start:start + _size(shape)].reshape(shape)
 
 
-# ---- checks of pickled signatures (tampered bytes must raise SymadError, never crash) ----
-# numpy's limit on dimensions, and a bound on any one extent: an array that large never
-# fits a graph (one node per element), so only a tampered pickle names one.
-_MAX_NDIM = 64
-_MAX_EXTENT = 2**31 - 1
-# Keys are hashed and compared by CPython recursively (no recursion guard in tuple
-# hashing): a tampered key nested deeper than any real argument list could crash it.
-_MAX_TREE_DEPTH = 1_000
-# Pickling itself recurses on the structures (two nested tuples per level), so a function
-# whose arguments or results nest deeper than this does not pickle (a clear SymadError).
-_MAX_PICKLED_DEPTH = 256
-
-
-def _tree_depth(treedef) -> int:
-    """Levels of a TreeDef (see symad.tree), without recursion."""
-    depth, stack = 0, [(treedef, 0)]
-    while stack:
-        td, d = stack.pop()
-        depth = max(depth, d)
-        if td[0] in ("tuple", "list"):
-            stack.extend((c, d + 1) for c in td[1])
-        elif td[0] == "dict":
-            stack.extend((c, d + 1) for c in td[2])
-    return depth
-
-
-def _unpickle_error(fname: str, what: str) -> SymadError:
-    return SymadError(f"cannot unpickle {fname}: {what}. The pickle is damaged or was not "
-                      "written by symad; pickle the compiled function again.")
-
-
-def _check_treedef(treedef, fname: str, what: str) -> None:
-    """A well-formed TreeDef (see symad.tree), checked without recursion."""
-    stack = [(treedef, 0)]
-    while stack:
-        td, depth = stack.pop()
-        if depth > _MAX_TREE_DEPTH:
-            raise _unpickle_error(fname, f"the {what} is nested over {_MAX_TREE_DEPTH} "
-                                  "levels deep")
-        ok = isinstance(td, tuple) and len(td) >= 1
-        if ok and td[0] in ("leaf", "none"):
-            ok = len(td) == 1
-        elif ok and td[0] in ("tuple", "list"):
-            ok = len(td) == 2 and isinstance(td[1], tuple)
-        elif ok and td[0] == "dict":
-            ok = len(td) == 3 and isinstance(td[1], tuple) and isinstance(td[2], tuple) \
-                and len(td[1]) == len(td[2])
-            if ok:
-                try:
-                    hash(td[1])
-                except TypeError:
-                    ok = False
-        else:
-            ok = False
-        if not ok:
-            raise _unpickle_error(fname, f"malformed {what} (at {td!r:.80})")
-        if td[0] not in ("leaf", "none"):
-            stack.extend((child, depth + 1) for child in td[-1])
-
-
-def _count_leaves(treedef) -> int:
-    from .tree import num_leaves
-    return num_leaves(treedef)
-
-
-def _checked_shapes(shapes, fname: str, what: str) -> tuple:
-    if not isinstance(shapes, (tuple, list)):
-        raise _unpickle_error(fname, f"the {what} shapes are not a sequence")
-    for shp in shapes:
-        if not (isinstance(shp, tuple) and len(shp) <= _MAX_NDIM and
-                all(type(d) is int and 0 <= d <= _MAX_EXTENT for d in shp)):
-            raise _unpickle_error(fname, f"bad {what} shape {shp!r:.80}")
-    return tuple(shapes)
-
-
-def _checked_key(state, fname: str) -> tuple:
-    """A specialization's pickled key ``(argument tree, leaf shapes)``, checked against
-    its node table's inputs before anything is allocated for those shapes."""
-    if not isinstance(state, dict):
-        raise _unpickle_error(fname, "a specialization's state is not a dict")
-    missing = {"key", "table", "py_spec", "grad", "out"} - set(state)
-    if missing:
-        raise _unpickle_error(fname, f"a specialization's state lacks {sorted(missing)}")
-    key = state["key"]
-    if not (isinstance(key, tuple) and len(key) == 2):
-        raise _unpickle_error(fname, "a specialization key is not (arguments, shapes)")
-    treedef, shapes = key
-    _check_treedef(treedef, fname, "argument structure")
-    if treedef[0] != "tuple":
-        raise _unpickle_error(fname, "the arguments are not a tuple")
-    shapes = _checked_shapes(shapes, fname, "argument")
-    if _count_leaves(treedef) != len(shapes):
-        raise _unpickle_error(fname, f"the argument structure has {_count_leaves(treedef)} "
-                              f"leaves but {len(shapes)} shapes")
-    table = state["table"]
-    inputs = table.get("inputs") if isinstance(table, dict) else None
-    n_in = sum(_size(s) for s in shapes)
-    if not isinstance(inputs, (list, tuple)) or len(inputs) != n_in:
-        raise SymadError(f"cannot unpickle {fname}: the graph has "
-                         f"{len(inputs) if isinstance(inputs, (list, tuple)) else 'no'} "
-                         f"inputs, its signature needs {n_in}")
-    return (treedef, shapes)
-
-
 class _Specialization:
     """One traced, differentiated and compiled signature of a CompiledFunction."""
 
@@ -664,10 +574,10 @@ class _Specialization:
             # so here rather than fail with a RecursionError halfway.
             trees = self.grad_trees if self.is_grad else [self.out_tree]
             for tree in [self.treedef, *trees]:
-                if _tree_depth(tree) > _MAX_PICKLED_DEPTH:
+                if tree_depth(tree) > MAX_PICKLED_DEPTH:
                     raise SymadError(
                         f"cannot pickle {self._owner_name}: its arguments or results are "
-                        f"nested over {_MAX_PICKLED_DEPTH} levels deep; flatten them (e.g. "
+                        f"nested over {MAX_PICKLED_DEPTH} levels deep; flatten them (e.g. "
                         "return a list or an array) to pickle it")
             graph = self.grad_graph if self.is_grad else self._graph
             from .persist import graph_table
@@ -696,12 +606,12 @@ class _Specialization:
         entry's result spec is derived again from the checked signature (never trusted)."""
         from .persist import graph_from_table
         fname = owner.__name__
-        key = _checked_key(state, fname)
+        key = checked_key(state, fname)
         self = cls.__new__(cls)
         self._init_signature(owner, key)
         self.is_grad = state["grad"] is not None
         if self.is_grad != owner._grad:
-            raise _unpickle_error(fname, "a gradient signature in a compile() function "
+            raise unpickle_error(fname, "a gradient signature in a compile() function "
                                   "or the reverse")
         graph, outputs = graph_from_table(state["table"])
         self.outputs, self.n_out = outputs, len(outputs)
@@ -713,13 +623,13 @@ class _Specialization:
         else:
             out = state["out"]
             if not (isinstance(out, tuple) and len(out) == 2):
-                raise _unpickle_error(fname, "the output structure is not (tree, shapes)")
+                raise unpickle_error(fname, "the output structure is not (tree, shapes)")
             out_tree, out_shapes = out
-            _check_treedef(out_tree, fname, "output structure")
-            out_shapes = _checked_shapes(out_shapes, fname, "output")
-            if _count_leaves(out_tree) != len(out_shapes):
-                raise _unpickle_error(fname, f"the output structure has "
-                                      f"{_count_leaves(out_tree)} leaves but "
+            check_treedef(out_tree, fname, "output structure")
+            out_shapes = checked_shapes(out_shapes, fname, "output")
+            if count_leaves(out_tree) != len(out_shapes):
+                raise unpickle_error(fname, f"the output structure has "
+                                      f"{count_leaves(out_tree)} leaves but "
                                       f"{len(out_shapes)} shapes")
             self.grad_graph, self._graph, self._simple_grad = None, graph, False
             self.out_tree, self.out_shapes = out_tree, list(out_shapes)
@@ -733,7 +643,7 @@ class _Specialization:
         # pickled spec that differs was not written by this signature.
         spec = self._entry_spec(spec)
         if repr(spec) != repr(state["py_spec"]):
-            raise _unpickle_error(fname, f"the result spec {state['py_spec']!r:.200} does "
+            raise unpickle_error(fname, f"the result spec {state['py_spec']!r:.200} does "
                                   f"not match its signature (expected {spec!r:.200})")
         self._state = state
         self._build_native(owner, graph, outputs, spec, {"trace": 0.0, "ad": 0.0},
@@ -747,14 +657,14 @@ class _Specialization:
         arg_trees = list(self.treedef[1])
         arg_shapes, pos = [], 0
         for td in arg_trees:
-            n = _count_leaves(td)
+            n = count_leaves(td)
             arg_shapes.append(list(self.shapes[pos:pos + n]))
             pos += n
         nums, spec = self._grad_signature(owner, len(arg_trees), arg_trees, arg_shapes)
         expected = (nums, self.single, self.grad_trees, self.grad_shapes)
         if not (isinstance(grad, tuple) and len(grad) == 4) or \
                 repr(tuple(grad)) != repr(expected):
-            raise _unpickle_error(fname, f"the gradient signature {grad!r:.200} does not "
+            raise unpickle_error(fname, f"the gradient signature {grad!r:.200} does not "
                                   "match the arguments and argnums")
         return spec
 
@@ -1123,46 +1033,6 @@ def _count_instructions(text: str) -> int:
                if line.startswith("  ") and not line.lstrip().startswith(";"))
 
 
-def _is_int(v) -> bool:
-    """An int or a numpy integer, not a bool (``True`` as a count is a slip)."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
-def _check_opt_level(opt_level, fname: str):
-    """``opt_level`` as ``"auto"``, an int 0..3 or a pair of them; else OptionError."""
-    if opt_level is None or (isinstance(opt_level, str) and opt_level == "auto"):
-        return "auto"
-    levels = opt_level if isinstance(opt_level, tuple) and len(opt_level) == 2 \
-        else (opt_level,)
-    if not all(_is_int(v) and 0 <= v <= 3 for v in levels):
-        raise OptionError(f"opt_level={opt_level!r} for {fname}: expected 0, 1, 2 or 3 (an "
-                          "int), a pair (IR level, machine-code level) of them, or 'auto'")
-    ints = tuple(int(v) for v in levels)
-    return ints if len(ints) == 2 else ints[0]
-
-
-def _check_fastmath(fastmath, fname: str):
-    """``fastmath`` as a bool or a tuple of LLVM fast-math flag names; else OptionError."""
-    if fastmath is None or isinstance(fastmath, (bool, np.bool_)):
-        return bool(fastmath)
-    flags = (fastmath,) if isinstance(fastmath, str) else fastmath
-    if isinstance(flags, (tuple, list)) and all(isinstance(x, str) for x in flags):
-        from symad.codegen.lower import ALL_FLAGS
-        if all(x in ALL_FLAGS for x in flags):
-            return tuple(flags)
-    raise OptionError(
-        f"fastmath={fastmath!r} for {fname}: expected False (IEEE), True (the safe "
-        "fast-math set) or a tuple of LLVM fast-math flags from "
-        "('nnan', 'ninf', 'nsz', 'arcp', 'contract', 'afn', 'reassoc', 'fast')")
-
-
-def _check_threads(threads, fname: str):
-    if threads is None or (_is_int(threads) and threads >= 1):
-        return threads
-    raise OptionError(f"{fname}.batch(threads={threads!r}): expected None (split large "
-                      "batches over the CPU cores) or a number of threads, an int >= 1")
-
-
 class CompiledFunction:
     """A function compiled to native code, specialised per argument structure and shapes.
 
@@ -1190,11 +1060,10 @@ class CompiledFunction:
         self._f = f
         self._grad = grad
         if argnums is not None and argnums is not _ALL_BY_DEFAULT:
-            from .api import check_argnums
-            argnums = check_argnums(argnums, name)
+            argnums = options.check_argnums(argnums, name)
         self._argnums = argnums
-        self._fastmath = _check_fastmath(fastmath, name)
-        self._opt_level = _check_opt_level(opt_level, name)
+        self._fastmath = options.check_fastmath(fastmath, name)
+        self._opt_level = options.check_opt_level(opt_level, name)
         if not (cache is None or isinstance(cache, (bool, str, os.PathLike))):
             raise OptionError(f"cache={cache!r} for {name}: expected None (follow "
                               f"${diskcache.ENV_VAR}), True, False or a folder path")
@@ -1227,18 +1096,16 @@ class CompiledFunction:
 
     def _slow_call(self, *args):
         leaves, key = _flatten_call(args)
-        spec = self._specs.get(key)
+        spec = self._used(key)
         if spec is None:
             spec = self._specialize(key, args)
-        else:
-            spec.used = _tick()  # for eviction (cheaper than reordering: one hash less)
         return spec.call(leaves)
 
     def _used(self, key) -> _Specialization | None:
         """The specialization for ``key``, marked most recently used, or None."""
         spec = self._specs.get(key)
         if spec is not None:
-            spec.used = _tick()
+            spec.used = _tick()  # for eviction (cheaper than reordering: one hash less)
         return spec
 
     def _spec_for(self, key) -> _Specialization:
@@ -1254,7 +1121,7 @@ class CompiledFunction:
         with self._lock:
             spec = self._specs.get(key)
             if spec is None:
-                if isinstance(self._f, _Unavailable):
+                if isinstance(self._f, Unavailable):
                     raise self._f.error(key)
                 with logs.watch(self.__name__):
                     enabled = gc.isenabled()
@@ -1303,8 +1170,8 @@ class CompiledFunction:
             self._entry = self._slow_call
         with _CACHE_LOCK:
             # unpickling the same bytes again must rebuild them, not return this one
-            for token in [t for t, cf in _RESTORED.items() if cf is self]:
-                del _RESTORED[token]
+            for token in [t for t, cf in RESTORED.items() if cf is self]:
+                del RESTORED[token]
         _forget_natives(dropped)
 
     def batch(self, *args, threads: int | None = None, out=None):
@@ -1332,7 +1199,7 @@ class CompiledFunction:
         Returns:
             Like a single call, with a leading axis N on every output leaf.
         """
-        threads = _check_threads(threads, self.__name__)
+        threads = options.check_threads(threads, self.__name__)
         leaves, treedef, paths = tree_flatten(args, "")
         if not leaves:
             raise TypeError(f"{self.__name__}.batch needs at least one array argument")
@@ -1400,20 +1267,20 @@ class CompiledFunction:
 
     # ---- pickling: by graph and options, never by machine code ----------------------------
     def __reduce__(self):
-        return (_restore_compiled, (self._pickle_state(),))
+        return (restore_compiled, (self._pickle_state(),))
 
     def _pickle_state(self) -> dict:
         with self._lock:
             specs = [spec._pickle_state() for spec in self._specs.values()]
             last = self._last.key if self._last is not None else None
-        function = _pickle_function(self._f)
+        function = pickle_function(self._f)
         # The cache folder stays here (None in its slot): it names a path on this machine,
         # and a receiving process (a Dask worker) follows its own SYMAD_CACHE_DIR.
         options = (self.__name__, self._grad, self._argnums, self._fastmath,
                    self._opt_level, None)
         token = hashlib.sha256(repr((options, function, [s["token"] for s in specs],
                                      self._max_specs)).encode()).hexdigest()
-        return {"format": _PICKLE_FORMAT, "options": options, "function": function,
+        return {"format": PICKLE_FORMAT, "options": options, "function": function,
                 "specs": specs, "last": last, "token": token,
                 "max_specializations": self._max_specs}
 
@@ -1422,128 +1289,9 @@ class CompiledFunction:
         return f"<symad {kind} {self.__name__}: {len(self._specs)} specialization(s)>"
 
 
-_PICKLE_FORMAT = 1
-_RESTORED: collections.OrderedDict = collections.OrderedDict()   # token -> CompiledFunction
-_RESTORED_MAX = 32
-
-
-class _Unavailable:
-    """Stands in for the Python function of an unpickled CompiledFunction that came
-    without it (a lambda or a local function cannot be pickled by reference)."""
-
-    def __init__(self, name: str, reason: str, signatures: list):
-        self.__name__ = self.__qualname__ = name
-        self.reason = reason
-        self.signatures = signatures
-
-    def error(self, key) -> SymadError:
-        shapes = [list(k[1]) for k in self.signatures]
-        return SymadError(
-            f"{self.__name__} was unpickled without its Python function ({self.reason}): "
-            f"it runs the argument shapes it was compiled for ({shapes}) but cannot trace "
-            f"new ones (asked for {list(key[1])}). Define the function at module level in "
-            "an importable module, or call it once with these shapes before pickling.")
-
-    def __call__(self, *args):
-        raise self.error(((), tuple(np.shape(a) for a in args)))
-
-
-def _pickle_function(f) -> bytes | None:
-    """``f`` pickled by reference when possible (importable functions), else None."""
-    if isinstance(f, _Unavailable):
-        return None
-    import pickle
-    try:
-        return pickle.dumps(f)
-    except Exception:  # noqa: BLE001 (lambdas, closures, local functions: pickle as data)
-        return None
-
-
-# What a malformed state raises where a check did not see it coming: each becomes a
-# SymadError naming the function (a last line of defence after the explicit checks).
-_MALFORMED = (ValueError, TypeError, LookupError, StopIteration, AttributeError,
-              ArithmeticError, RecursionError)
-
-
-def _restore_compiled(state: dict) -> CompiledFunction:
-    """Rebuild a CompiledFunction from its pickled graphs (compiles or hits the caches)."""
-    if not isinstance(state, dict) or state.get("format") != _PICKLE_FORMAT:
-        raise SymadError("cannot unpickle a symad compiled function: unknown format "
-                         "(pickled by another symad version?)")
-    name = "a symad compiled function"
-    options = state.get("options")
-    if isinstance(options, tuple) and options and isinstance(options[0], str):
-        name = options[0]
-    try:
-        return _restore_checked(state, name)
-    except SymadError:
-        raise
-    except _MALFORMED as exc:
-        raise _unpickle_error(name, f"malformed state ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})") from exc
-
-
-def _restore_checked(state: dict, name: str) -> CompiledFunction:
-    import pickle
-
-    from symad.codegen import jit, lower
-    missing = {"options", "function", "specs", "last", "token"} - set(state)
-    if missing:
-        raise _unpickle_error(name, f"the state lacks {sorted(missing)}")
-    token = state["token"]
-    if not isinstance(token, str):
-        raise _unpickle_error(name, "its token is not a string")
-    with _CACHE_LOCK:
-        hit = _RESTORED.get(token)
-        if hit is not None:
-            _RESTORED.move_to_end(token)
-            return hit
-    options = state["options"]
-    if not (isinstance(options, tuple) and len(options) == 6 and isinstance(options[0], str)
-            and isinstance(options[1], bool)):
-        raise _unpickle_error(name, f"malformed options {options!r:.200}")
-    # the last slot (the sender's cache option) is ignored: older pickles carried it
-    name, grad, argnums, fastmath, opt_level, _ = options
-    lower.fastmath_flags(fastmath)        # ValueError for a bad option, here and not later
-    jit.choose_levels(1, opt_level)
-    specs = state["specs"]
-    if not isinstance(specs, (list, tuple)):
-        raise _unpickle_error(name, "its specializations are not a list")
-    keys = [_checked_key(sstate, name) for sstate in specs]
-    f = None
-    reason = "it was not picklable by reference"
-    if state["function"] is not None:
-        if not isinstance(state["function"], bytes):
-            raise _unpickle_error(name, "its function is not pickled bytes")
-        try:
-            f = pickle.loads(state["function"])
-        except Exception as exc:  # noqa: BLE001 (e.g. defined in another process's __main__)
-            reason = f"it could not be imported here: {type(exc).__name__}: {exc}"
-    if f is None:
-        f = _Unavailable(name, reason, keys)
-    # (absent from older pickles; a bad one is a ValueError, reported as malformed)
-    cf = CompiledFunction(f, grad=grad, argnums=argnums, fastmath=fastmath,
-                          opt_level=opt_level, cache=None,
-                          max_specializations=state.get("max_specializations"))
-    cf.__name__ = name
-    for sstate, key in zip(specs, keys):
-        spec = None
-        if sstate.get("array") and not isinstance(f, _Unavailable):
-            # traced again, so the copy runs the same array-level kernel as the original
-            treedef, shapes = key
-            example = tree_unflatten(treedef, [0.0 if s == () else np.zeros(s)
-                                               for s in shapes])
-            spec = _ArraySpecialization.attempt(cf, key, example)
-        if spec is None:
-            spec = _Specialization._restore(cf, sstate)
-        cf._admit(spec.key, spec)
-        if spec.key == state["last"]:
-            cf._last = spec
-    with _CACHE_LOCK:
-        _RESTORED[token] = cf
-        while len(_RESTORED) > _RESTORED_MAX:
-            _RESTORED.popitem(last=False)
-    return cf
+# Pickles written before the pickling code moved to symad.persist name this function.
+_restore_compiled = restore_compiled
+_RESTORED = RESTORED
 
 
 def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001

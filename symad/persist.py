@@ -13,11 +13,16 @@ raises :class:`symad.SymadError`, never crashes.
 
 from __future__ import annotations
 
+import collections
+import math
 from collections.abc import Sequence
+
+import numpy as np
 
 from .errors import SymadError
 from .graph import Graph, Node
 from .ops import OPS
+from .tree import tree_unflatten
 
 TABLE_FORMAT = 1
 
@@ -110,3 +115,242 @@ def graph_from_table(table: dict) -> tuple[Graph, list[Node]]:
         raise _bad("every input row must be listed once among the inputs")
     graph.outputs = outputs
     return graph, outputs
+
+
+# ---- compiled functions: their pickled state, checked, and the rebuilt function --------
+# (symad.compiled pickles a CompiledFunction as options, its function by reference when it
+# can, and one graph table per specialization; everything read back is checked here.)
+
+# ---- checks of pickled signatures (tampered bytes must raise SymadError, never crash) ----
+# numpy's limit on dimensions, and a bound on any one extent: an array that large never
+# fits a graph (one node per element), so only a tampered pickle names one.
+MAX_NDIM = 64
+MAX_EXTENT = 2**31 - 1
+# Keys are hashed and compared by CPython recursively (no recursion guard in tuple
+# hashing): a tampered key nested deeper than any real argument list could crash it.
+MAX_TREE_DEPTH = 1_000
+# Pickling itself recurses on the structures (two nested tuples per level), so a function
+# whose arguments or results nest deeper than this does not pickle (a clear SymadError).
+MAX_PICKLED_DEPTH = 256
+
+
+def tree_depth(treedef) -> int:
+    """Levels of a TreeDef (see symad.tree), without recursion."""
+    depth, stack = 0, [(treedef, 0)]
+    while stack:
+        td, d = stack.pop()
+        depth = max(depth, d)
+        if td[0] in ("tuple", "list"):
+            stack.extend((c, d + 1) for c in td[1])
+        elif td[0] == "dict":
+            stack.extend((c, d + 1) for c in td[2])
+    return depth
+
+
+def unpickle_error(fname: str, what: str) -> SymadError:
+    return SymadError(f"cannot unpickle {fname}: {what}. The pickle is damaged or was not "
+                      "written by symad; pickle the compiled function again.")
+
+
+def check_treedef(treedef, fname: str, what: str) -> None:
+    """A well-formed TreeDef (see symad.tree), checked without recursion."""
+    stack = [(treedef, 0)]
+    while stack:
+        td, depth = stack.pop()
+        if depth > MAX_TREE_DEPTH:
+            raise unpickle_error(fname, f"the {what} is nested over {MAX_TREE_DEPTH} "
+                                  "levels deep")
+        ok = isinstance(td, tuple) and len(td) >= 1
+        if ok and td[0] in ("leaf", "none"):
+            ok = len(td) == 1
+        elif ok and td[0] in ("tuple", "list"):
+            ok = len(td) == 2 and isinstance(td[1], tuple)
+        elif ok and td[0] == "dict":
+            ok = len(td) == 3 and isinstance(td[1], tuple) and isinstance(td[2], tuple) \
+                and len(td[1]) == len(td[2])
+            if ok:
+                try:
+                    hash(td[1])
+                except TypeError:
+                    ok = False
+        else:
+            ok = False
+        if not ok:
+            raise unpickle_error(fname, f"malformed {what} (at {td!r:.80})")
+        if td[0] not in ("leaf", "none"):
+            stack.extend((child, depth + 1) for child in td[-1])
+
+
+def count_leaves(treedef) -> int:
+    from .tree import num_leaves
+    return num_leaves(treedef)
+
+
+def checked_shapes(shapes, fname: str, what: str) -> tuple:
+    if not isinstance(shapes, (tuple, list)):
+        raise unpickle_error(fname, f"the {what} shapes are not a sequence")
+    for shp in shapes:
+        if not (isinstance(shp, tuple) and len(shp) <= MAX_NDIM and
+                all(type(d) is int and 0 <= d <= MAX_EXTENT for d in shp)):
+            raise unpickle_error(fname, f"bad {what} shape {shp!r:.80}")
+    return tuple(shapes)
+
+
+def checked_key(state, fname: str) -> tuple:
+    """A specialization's pickled key ``(argument tree, leaf shapes)``, checked against
+    its node table's inputs before anything is allocated for those shapes."""
+    if not isinstance(state, dict):
+        raise unpickle_error(fname, "a specialization's state is not a dict")
+    missing = {"key", "table", "py_spec", "grad", "out"} - set(state)
+    if missing:
+        raise unpickle_error(fname, f"a specialization's state lacks {sorted(missing)}")
+    key = state["key"]
+    if not (isinstance(key, tuple) and len(key) == 2):
+        raise unpickle_error(fname, "a specialization key is not (arguments, shapes)")
+    treedef, shapes = key
+    check_treedef(treedef, fname, "argument structure")
+    if treedef[0] != "tuple":
+        raise unpickle_error(fname, "the arguments are not a tuple")
+    shapes = checked_shapes(shapes, fname, "argument")
+    if count_leaves(treedef) != len(shapes):
+        raise unpickle_error(fname, f"the argument structure has {count_leaves(treedef)} "
+                              f"leaves but {len(shapes)} shapes")
+    table = state["table"]
+    inputs = table.get("inputs") if isinstance(table, dict) else None
+    n_in = sum(math.prod(s) for s in shapes)
+    if not isinstance(inputs, (list, tuple)) or len(inputs) != n_in:
+        raise SymadError(f"cannot unpickle {fname}: the graph has "
+                         f"{len(inputs) if isinstance(inputs, (list, tuple)) else 'no'} "
+                         f"inputs, its signature needs {n_in}")
+    return (treedef, shapes)
+
+
+PICKLE_FORMAT = 1
+RESTORED: collections.OrderedDict = collections.OrderedDict()   # token -> CompiledFunction
+RESTORED_MAX = 32
+
+
+class Unavailable:
+    """Stands in for the Python function of an unpickled CompiledFunction that came
+    without it (a lambda or a local function cannot be pickled by reference)."""
+
+    def __init__(self, name: str, reason: str, signatures: list):
+        self.__name__ = self.__qualname__ = name
+        self.reason = reason
+        self.signatures = signatures
+
+    def error(self, key) -> SymadError:
+        shapes = [list(k[1]) for k in self.signatures]
+        return SymadError(
+            f"{self.__name__} was unpickled without its Python function ({self.reason}): "
+            f"it runs the argument shapes it was compiled for ({shapes}) but cannot trace "
+            f"new ones (asked for {list(key[1])}). Define the function at module level in "
+            "an importable module, or call it once with these shapes before pickling.")
+
+    def __call__(self, *args):
+        raise self.error(((), tuple(np.shape(a) for a in args)))
+
+
+def pickle_function(f) -> bytes | None:
+    """``f`` pickled by reference when possible (importable functions), else None."""
+    if isinstance(f, Unavailable):
+        return None
+    import pickle
+    try:
+        return pickle.dumps(f)
+    except Exception:  # noqa: BLE001 (lambdas, closures, local functions: pickle as data)
+        return None
+
+
+# What a malformed state raises where a check did not see it coming: each becomes a
+# SymadError naming the function (a last line of defence after the explicit checks).
+MALFORMED = (ValueError, TypeError, LookupError, StopIteration, AttributeError,
+              ArithmeticError, RecursionError)
+
+
+def restore_compiled(state: dict):
+    """Rebuild a CompiledFunction from its pickled graphs (compiles or hits the caches)."""
+    if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
+        raise SymadError("cannot unpickle a symad compiled function: unknown format "
+                         "(pickled by another symad version?)")
+    name = "a symad compiled function"
+    options = state.get("options")
+    if isinstance(options, tuple) and options and isinstance(options[0], str):
+        name = options[0]
+    try:
+        return _restore_checked(state, name)
+    except SymadError:
+        raise
+    except MALFORMED as exc:
+        raise unpickle_error(name, f"malformed state ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc
+
+
+def _restore_checked(state: dict, name: str):
+    import pickle
+
+    from symad.codegen import jit, lower
+
+    from .compiled import (
+        _CACHE_LOCK,
+        CompiledFunction,
+        _ArraySpecialization,
+        _Specialization,
+    )
+    missing = {"options", "function", "specs", "last", "token"} - set(state)
+    if missing:
+        raise unpickle_error(name, f"the state lacks {sorted(missing)}")
+    token = state["token"]
+    if not isinstance(token, str):
+        raise unpickle_error(name, "its token is not a string")
+    with _CACHE_LOCK:
+        hit = RESTORED.get(token)
+        if hit is not None:
+            RESTORED.move_to_end(token)
+            return hit
+    options = state["options"]
+    if not (isinstance(options, tuple) and len(options) == 6 and isinstance(options[0], str)
+            and isinstance(options[1], bool)):
+        raise unpickle_error(name, f"malformed options {options!r:.200}")
+    # the last slot (the sender's cache option) is ignored: older pickles carried it
+    name, grad, argnums, fastmath, opt_level, _ = options
+    lower.fastmath_flags(fastmath)        # ValueError for a bad option, here and not later
+    jit.choose_levels(1, opt_level)
+    specs = state["specs"]
+    if not isinstance(specs, (list, tuple)):
+        raise unpickle_error(name, "its specializations are not a list")
+    keys = [checked_key(sstate, name) for sstate in specs]
+    f = None
+    reason = "it was not picklable by reference"
+    if state["function"] is not None:
+        if not isinstance(state["function"], bytes):
+            raise unpickle_error(name, "its function is not pickled bytes")
+        try:
+            f = pickle.loads(state["function"])
+        except Exception as exc:  # noqa: BLE001 (e.g. defined in another process's __main__)
+            reason = f"it could not be imported here: {type(exc).__name__}: {exc}"
+    if f is None:
+        f = Unavailable(name, reason, keys)
+    # (absent from older pickles; a bad one is a ValueError, reported as malformed)
+    cf = CompiledFunction(f, grad=grad, argnums=argnums, fastmath=fastmath,
+                          opt_level=opt_level, cache=None,
+                          max_specializations=state.get("max_specializations"))
+    cf.__name__ = name
+    for sstate, key in zip(specs, keys):
+        spec = None
+        if sstate.get("array") and not isinstance(f, Unavailable):
+            # traced again, so the copy runs the same array-level kernel as the original
+            treedef, shapes = key
+            example = tree_unflatten(treedef, [0.0 if s == () else np.zeros(s)
+                                               for s in shapes])
+            spec = _ArraySpecialization.attempt(cf, key, example)
+        if spec is None:
+            spec = _Specialization._restore(cf, sstate)
+        cf._admit(spec.key, spec)
+        if spec.key == state["last"]:
+            cf._last = spec
+    with _CACHE_LOCK:
+        RESTORED[token] = cf
+        while len(RESTORED) > RESTORED_MAX:
+            RESTORED.popitem(last=False)
+    return cf
