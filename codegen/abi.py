@@ -311,7 +311,7 @@ _PyBUF_RECORDS_RO = 0x001C          # PyBUF_STRIDES | PyBUF_FORMAT, read-only is
 # path costs microseconds, but such a call costs far more anyway).
 MAX_ENTRY_DOUBLES = 16_384
 # It keeps them on the C stack up to this many (8 KiB; with the kernel's own
-# lower.KERNEL_STACK_DOUBLES a call stays far below a small thread stack of 64 KiB), in
+# builder.KERNEL_STACK_DOUBLES a call stays far below a small thread stack of 64 KiB), in
 # one malloc'd block above: ~0.1 us, against the microseconds such a call takes anyway.
 ENTRY_STACK_DOUBLES = 1_024
 

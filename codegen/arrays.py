@@ -32,7 +32,8 @@ from llvmlite import ir
 
 from symad.arrays import AGraph, ANode
 
-from .lower import DOUBLE, I64, PTR, _kernel_fn, _table, free_buffer, lower_node, scratch_buffer
+from .builder import DOUBLE, I64, PTR, const_table, free_buffer, kernel_fn, scratch_buffer
+from .lower import lower_node
 
 I32 = ir.IntType(32)
 
@@ -216,7 +217,7 @@ class _Emitter:
     def table(self, key: bytes, values, kind: str):
         hit = self.tables.get((kind, key))
         if hit is None:
-            hit = _table(self.module, values, f"{self.name}.{kind}{len(self.tables)}")
+            hit = const_table(self.module, values, f"{self.name}.{kind}{len(self.tables)}")
             self.tables[(kind, key)] = hit
         return hit
 
@@ -369,12 +370,12 @@ class _Emitter:
         scratch for a kernel over several points), then the loops."""
         total = self.width * sum(n.size for n in live)
         if self.width > 1:
-            fn = _kernel_fn(self.module, self.name, (PTR,))
+            fn = kernel_fn(self.module, self.name, (PTR,))
             b = ir.IRBuilder(fn.append_basic_block("entry"))
             self.call_inner(b, fn, inner, live, fn.args[4])
             b.ret_void()
             return fn
-        fn = _kernel_fn(self.module, self.name)
+        fn = kernel_fn(self.module, self.name)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         n_out = sum(o.size for o in self.outputs)
         buf, heap = scratch_buffer(b, total, fn.args[2], fn.args[3], n_out) if total \

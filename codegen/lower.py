@@ -35,9 +35,16 @@ from symad.ops import (
     fastmath_flags,  # noqa: F401  (codegen.fastmath_flags)
 )
 
-DOUBLE = ir.DoubleType()
-I64 = ir.IntType(64)
-PTR = ir.PointerType()
+from .builder import (  # noqa: F401  (DOUBLE, I64, PTR: codegen.abi and tests use them here)
+    DOUBLE,
+    I64,
+    PTR,
+    const_table,
+    free_buffer,
+    kernel_fn,
+    loop_over,
+    scratch_buffer,
+)
 
 # The fast-math options live with the op table (the graph's rewrites read them too).
 ALL_FLAGS = FASTMATH_FLAGS
@@ -305,13 +312,7 @@ CHUNK_NODES = 10_000
 # many times: a rolled node costs a buffer store and loads where straight-line code keeps
 # it in a register.
 ROLL_MIN_GAIN = 4
-# Kernels keep a scratch buffer (a rolled kernel's values, the values crossing chunks, an
-# array kernel's buffers) on the stack up to this many doubles (16 KiB), on the heap above
-# (``scratch_buffer``). The Python entry keeps at most abi.ENTRY_STACK_DOUBLES (8 KiB) more
-# there, so a call needs well under 64 KiB of stack whatever the graph (threads may have
-# small stacks). 16 KiB, not 8: the tanh network's rolled kernel (1,683 values, a 2.7 us
-# call) paid ~0.1 us for malloc and free at 8; a kernel with more values runs longer.
-KERNEL_STACK_DOUBLES = 2_048
+# KERNEL_STACK_DOUBLES (the stack budget of a kernel's scratch) lives in codegen/builder.py.
 
 
 def rolled_plan(graph: Graph, outputs: Sequence[Node]):
@@ -351,17 +352,6 @@ def emit_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node], name: 
     return _emit_single(module, graph, outputs, name, flags)
 
 
-def _kernel_fn(module, name, extra=()):
-    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, *extra])
-    fn = ir.Function(module, fnty, name=name)
-    in_ptr, in_stride, out_ptr, out_stride = fn.args[:4]
-    in_ptr.name, in_stride.name, out_ptr.name, out_stride.name = "in", "is", "out", "os"
-    for a in (in_ptr, out_ptr):
-        a.add_attribute("noalias")
-    fn.attributes.add("nounwind")
-    return fn
-
-
 def _emit_chunked(module, graph, outputs, name, flags, live, ops):
     index = {n: j for j, n in enumerate(graph.inputs)}
     chunks = [ops[i:i + CHUNK_NODES] for i in range(0, len(ops), CHUNK_NODES)]
@@ -381,7 +371,7 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
 
     chunk_fns = []
     for k, ch in enumerate(chunks):
-        fn = _kernel_fn(module, f"{name}.chunk{k}", extra=(PTR,))
+        fn = kernel_fn(module, f"{name}.chunk{k}", extra=(PTR,))
         fn.attributes.add("noinline")
         in_ptr, in_stride, out_ptr, out_stride, tmp = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -412,7 +402,7 @@ def _emit_chunked(module, graph, outputs, name, flags, live, ops):
         b.ret_void()
         chunk_fns.append(fn)
 
-    fn = _kernel_fn(module, name)
+    fn = kernel_fn(module, name)
     in_ptr, in_stride, out_ptr, out_stride = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     # One slot per value crossing a chunk: 0.5-1 MiB at 190k nodes, on the heap then.
@@ -471,7 +461,7 @@ def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
     table); a loop element that is an output in every iteration writes it directly.
 
     ``void name(const double* in, i64 is, double* out, i64 os)`` over one point with the
-    buffer on the stack (on the heap above ``KERNEL_STACK_DOUBLES``); with ``width > 1`` the
+    buffer on the stack (on the heap above ``builder.KERNEL_STACK_DOUBLES``); with ``width > 1`` the
     same over ``width`` consecutive points at once (as ``emit_vector_kernel``), the
     buffer (``rolled_buffer_doubles(plan, width)`` doubles) passed by the batch loop as a
     fifth argument. ``vector_math``: see ``lower_node``."""
@@ -491,7 +481,7 @@ class _Rolled:
         self.ty = DOUBLE if width == 1 else ir.VectorType(DOUBLE, width)
         # Several points at once take their buffer from the batch loop (if they need one).
         self.buffer_arg = width > 1 and plan.n_slots > 0
-        self.fn = fn = _kernel_fn(module, name, extra=(PTR,) if self.buffer_arg else ())
+        self.fn = fn = kernel_fn(module, name, extra=(PTR,) if self.buffer_arg else ())
         self.in_ptr, self.in_stride, self.out_ptr, self.out_stride = fn.args[:4]
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.vals: dict[Node, ir.Value] = {}
@@ -590,7 +580,7 @@ class _Rolled:
                     first = int(table[0]) if index_table else 0
                     key = (index_table, (table - first).tobytes())
                     if key not in shared:
-                        shared[key] = (*_table(self.module, table, f"t{seg.start}.{r}.{k}"),
+                        shared[key] = (*const_table(self.module, table, f"t{seg.start}.{r}.{k}"),
                                        first)
                     glob, elem, base = shared[key]
                     tables[r, k] = (glob, elem, first - base)
@@ -705,7 +695,7 @@ def store_outputs(w, outputs, kind, ref, runs) -> None:
                 return w.input(at(a, step, t))
         elif kd == OUT_CONST and not (ref[k:k + count] == a).all():
             values = np.array([o.attrs[0] for o in outputs[k:k + count]], np.float64)
-            table, _ = _table(w.module, values, f"{w.fn.name}.outc{k}")
+            table, _ = const_table(w.module, values, f"{w.fn.name}.outc{k}")
 
             def body(b, t, table=table):
                 return w.splat(b.load(b.gep(table, [t], source_etype=DOUBLE), typ=DOUBLE))
@@ -717,72 +707,7 @@ def store_outputs(w, outputs, kind, ref, runs) -> None:
 
         def copy(b, t, k=k, body=body):
             w.output(b.add(t, ir.Constant(I64, k)), body(b, t))
-        _loop_over(b, w.fn, count, copy, f"out{k}")
-
-
-def _table(module: ir.Module, values, name: str) -> tuple:
-    """A constant global array of i32 positions / input indices or of double constants,
-    and its element type."""
-    import numpy as np
-    values = np.asarray(values)
-    elem = DOUBLE if values.dtype.kind == "f" else ir.IntType(32)
-    # As raw little-endian bytes: formatting one IR constant per element costs more.
-    raw = values.astype("<f8" if elem == DOUBLE else "<i4").tobytes()
-    ty = ir.ArrayType(ir.IntType(8), len(raw))
-    g = ir.GlobalVariable(module, ty, name=name)
-    g.global_constant = True
-    g.linkage = "internal"
-    g.align = 8
-    g.initializer = ir.Constant(ty, bytearray(raw))
-    return g, elem
-
-
-def _loop_over(b, fn, count: int, body, name: str) -> None:
-    """``for k in range(count): body(b, k)`` at the builder's position."""
-    pre = b.block
-    head = fn.append_basic_block(name)
-    done = fn.append_basic_block(f"{name}.end")
-    b.cbranch(b.icmp_signed(">", ir.Constant(I64, count), ir.Constant(I64, 0)), head, done)
-    b.position_at_end(head)
-    k = b.phi(I64, name=name)
-    k.add_incoming(ir.Constant(I64, 0), pre)
-    body(b, k)
-    nxt = b.add(k, ir.Constant(I64, 1))
-    k.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_signed("<", nxt, ir.Constant(I64, count)), head, done)
-    b.position_at_end(done)
-
-
-def scratch_buffer(b: ir.IRBuilder, n_doubles: int, out_ptr, out_stride, n_out: int,
-                   name: str = "buf") -> tuple:
-    """(a buffer of ``n_doubles`` doubles, whether it is on the heap), emitted at the
-    builder's position in a kernel's entry block: on the stack up to
-    ``KERNEL_STACK_DOUBLES``, else from malloc, which the kernel gives back with
-    ``free_buffer`` before it returns. Without memory the kernel writes NaN to its
-    ``n_out`` outputs (``out[k * out_stride]``) and returns: a NaN result, not a crash."""
-    if n_doubles <= KERNEL_STACK_DOUBLES:
-        return b.alloca(DOUBLE, ir.Constant(I64, max(n_doubles, 1)), name=name), False
-    module, fn = b.module, b.function
-    malloc = module.globals.get("malloc") or ir.Function(
-        module, ir.FunctionType(PTR, [I64]), name="malloc")
-    buf = b.call(malloc, [ir.Constant(I64, 8 * n_doubles)], name=name)
-    run, fail = fn.append_basic_block(f"{name}.ok"), fn.append_basic_block(f"{name}.nomem")
-    b.cbranch(b.icmp_unsigned("!=", buf, ir.Constant(PTR, None)), run, fail)
-    b.position_at_end(fail)
-    nan = _fconst(float("nan"))
-    _loop_over(b, fn, n_out, lambda b, k: b.store(nan, b.gep(
-        out_ptr, [b.mul(k, out_stride)], source_etype=DOUBLE)), f"{name}.nan")
-    b.ret_void()
-    b.position_at_end(run)
-    return buf, True
-
-
-def free_buffer(b: ir.IRBuilder, buf) -> None:
-    """Give back a heap buffer from ``scratch_buffer``."""
-    module = b.module
-    free = module.globals.get("free") or ir.Function(
-        module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
-    b.call(free, [buf])
+        loop_over(b, w.fn, count, copy, f"out{k}")
 
 
 def _load_input(b, in_ptr, in_stride, index, node):

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from programs import lennard_jones, rosen
-from symad.codegen import lower, roll
+from symad.codegen import builder, lower, roll
 
 import symad
 from symad import compiled, interp
@@ -139,7 +139,7 @@ def test_pairs_of_particles_use_index_tables():
 
 
 def test_heap_buffer_for_large_kernels(monkeypatch):
-    monkeypatch.setattr(lower, "KERNEL_STACK_DOUBLES", 16)
+    monkeypatch.setattr(builder, "KERNEL_STACK_DOUBLES", 16)
     x = np.linspace(0.1, 0.9, 300)
     (v, g), (v0, g0), fr = _pair(rosen, x)
     assert fr.stats["rolled"] is not None
