@@ -1,4 +1,4 @@
-"""Array graph -> LLVM IR: loops over whole-array nodes (see :mod:`symad.arrays`).
+"""Array-level graph -> LLVM IR: loops over whole-vector nodes (see :mod:`symad.graph`).
 
 Two kinds of loop. A *pointwise* loop computes elementwise nodes, gathers, and sums whose
 segments are all distinct (each element its one operand element or -0.0; a slice's
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from llvmlite import ir
 
-from symad.arrays import AGraph, ANode
+from symad.graph import Graph, Node
 
 from .builder import DOUBLE, I64, PTR, const_table, free_buffer, kernel_fn, scratch_buffer
 from .lower import lower_node
@@ -43,15 +43,15 @@ class _Group:
 
     def __init__(self, kind: str, domain: int):
         self.kind, self.domain = kind, domain
-        self.nodes: list[ANode] = []
+        self.nodes: list[Node] = []
 
 
-def _reduces(n: ANode) -> bool:
+def _reduces(n: Node) -> bool:
     """A sum that adds (into one value, or several elements into one segment)."""
     return n.op == "sum" and (n.size == 1 or n.attrs[0].runs() != "distinct")
 
 
-def _view_of(n: ANode) -> ANode | None:
+def _view_of(n: Node) -> Node | None:
     """For a sum that puts its operand's elements at consecutive distinct positions
     (the adjoint of a slice ``x[a:b]``), that operand: its buffer is then the sum's,
     from the first position on, and the sum costs nothing but -0.0 around it."""
@@ -75,11 +75,11 @@ _CHEAP = frozenset(("add", "sub", "mul", "neg", "powi", "abs", "mul0", "where", 
 REDUCTION_BUDGET = 15
 
 
-def _cone(n: ANode, limit: int) -> tuple[list, list]:
+def _cone(n: Node, limit: int) -> tuple[list, list]:
     """(the nodes a reduction loop computes for sum ``n``'s operand, in creation order;
     the nodes it reads them from)."""
-    cone: dict[int, ANode] = {}
-    frontier: dict[int, ANode] = {}
+    cone: dict[int, Node] = {}
+    frontier: dict[int, Node] = {}
     stack = [n.args[0]]
     while stack:
         a = stack.pop()
@@ -99,7 +99,7 @@ def _cone(n: ANode, limit: int) -> tuple[list, list]:
     return sorted(cone.values(), key=lambda x: x.id), list(frontier.values())
 
 
-def plan(graph: AGraph, outputs: Sequence[ANode], fuse: bool = False):
+def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False):
     """(loops in order, ids of the nodes stored in buffers, {view sum id: operand},
     {reduction id: the nodes its loop recomputes}). With ``fuse``, sums run in their
     operand's loop (a kernel over several points, vectorised across them, has no
@@ -107,7 +107,7 @@ def plan(graph: AGraph, outputs: Sequence[ANode], fuse: bool = False):
     groups: list[_Group] = []
     group_of: dict[int, int] = {}
     stored: set[int] = set()
-    views: dict[int, ANode] = {}
+    views: dict[int, Node] = {}
     viewed: set[int] = set()
     cones: dict[int, list] = {}
     reads: dict[int, list] = {}
@@ -210,6 +210,9 @@ class _Emitter:
         self.buffer: dict[int, ir.Value] = {}      # stored node id -> its buffer
         self.stride: dict[int, ir.Value] = {}      # ... and its elements' distance
         self.tables: dict[tuple, tuple] = {}
+        # the arguments' elements, in graph.inputs order, are the kernel's ``in``
+        bounds = np.cumsum([0] + [n.size for n in graph.inputs])
+        self.offsets = {n.id: int(at) for n, at in zip(graph.inputs, bounds)}
         self.b: ir.IRBuilder
         self.fn: ir.Function
 
@@ -267,16 +270,18 @@ class _Emitter:
         v = b.sext(self.load(g, k, I32), I64)
         return b.add(v, ir.Constant(I64, first)) if first else v
 
-    def at(self, a: ANode, idx: ir.Value) -> ir.Value:
+    def at(self, a: Node, idx: ir.Value) -> ir.Value:
         """Node ``a``'s element ``idx`` (an input, a constant, a register or stored)."""
         b = self.b
         if a.op == "input":
-            off = a.attrs[0]
+            off = self.offsets[a.id]
             j = b.add(idx, ir.Constant(I64, off)) if off else idx
             return self.read(self.element(self.in_ptr, j,
                                           self.in_stride if self.width > 1 else None))
         if a.op == "const":
             values = a.attrs[0]
+            if type(values) is float:
+                return self.const(values)
             if values.uniform is not None:
                 return self.const(values.uniform)
             g, _ = self.table(values.key, values.array, "const")
@@ -285,11 +290,11 @@ class _Emitter:
             return self.scalars[a.id]
         return self.read(self.slot(a, idx))
 
-    def slot(self, n: ANode, idx: ir.Value) -> ir.Value:
+    def slot(self, n: Node, idx: ir.Value) -> ir.Value:
         """The address of stored node ``n``'s element ``idx``."""
         return self.element(self.buffer[n.id], idx, self.stride.get(n.id))
 
-    def store(self, n: ANode, idx: ir.Value, v: ir.Value) -> None:
+    def store(self, n: Node, idx: ir.Value, v: ir.Value) -> None:
         self.write(v, self.slot(n, idx))
 
     # -- emitting ----------------------------------------------------------------------
@@ -420,7 +425,7 @@ class _Emitter:
         b.position_at_end(done)
         return list(new)            # the exit's only predecessor is the latch
 
-    def scattered(self, n: ANode, j: ir.Value) -> ir.Value:
+    def scattered(self, n: Node, j: ir.Value) -> ir.Value:
         """Element ``j`` of a sum whose segments are distinct: the one operand element
         that lands there, or -0.0 (the empty sum) where none does."""
         b = self.b
@@ -529,7 +534,7 @@ def _run_starts(index: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], cut, [len(index)]))
 
 
-def emit_kernel(module: ir.Module, graph: AGraph, outputs: Sequence[ANode], name: str,
+def emit_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node], name: str,
                 flags: tuple = (), width: int = 1, vector_math: bool = False) -> ir.Function:
     """``void name(const double* in, i64 1, double* out, i64 1)`` for ``outputs``, each
     written in turn to ``out`` (all its elements). With ``width`` > 1: ``void name(in,
@@ -539,7 +544,7 @@ def emit_kernel(module: ir.Module, graph: AGraph, outputs: Sequence[ANode], name
     return _Emitter(module, graph, outputs, name, flags, width, vector_math).emit()
 
 
-def buffer_doubles(graph: AGraph, outputs: Sequence[ANode], width: int) -> int:
+def buffer_doubles(graph: Graph, outputs: Sequence[Node], width: int) -> int:
     """Scratch doubles the ``width``-point kernel needs (its stored values)."""
     groups, stored, views, cones, family = plan(graph, outputs, fuse=width > 1)
     elsewhere = {x.id for x in views.values()} | {o.id for o in outputs}

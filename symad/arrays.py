@@ -1,30 +1,17 @@
-"""Array-level graphs: one node per numpy operation, not per element.
+"""Array-level tracing: one graph node per numpy operation, not per element.
 
 The scalar tracer (:mod:`symad.trace`) records one node per element, so tracing,
 differentiating and planning loops cost microseconds per element, and a Lennard-Jones
 energy of 64 particles (2,016 pairs) becomes 77k nodes before LLVM sees it. Here the same
-numpy code becomes a few dozen nodes, each a flat float64 vector, differentiated by the
-same op table, and lowered by :mod:`symad.codegen.arrays` to a handful of fused loops.
-``compile``/``compile_grad`` use it for the single-call and batch kernels of large array
-programs (``symad.compiled.ARRAY_MIN_ELEMENTS``); graphs shown to users, transformed
-functions (Hessians ...) and pickling stay on the scalar graph, built when first asked
-for.
+numpy code becomes a few dozen nodes of the same :class:`symad.graph.Graph`, each a flat
+float64 vector (slicing, reshaping and broadcasting are ``gather`` nodes, reductions and
+joins ``sum`` nodes), differentiated by the same op table, and lowered by
+:mod:`symad.codegen.arrays` to a handful of fused loops. ``compile``/``compile_grad`` use
+it for the single-call and batch kernels of large array programs
+(``symad.compiled.ARRAY_MIN_ELEMENTS``); transformed functions (Hessians ...) and
+pickling stay on the scalar graph, built when first asked for.
 
-Nodes (every node is a vector of ``size`` doubles, C order of the array it stands for):
-
-- ``input``  attrs ``(offset,)``: the flat argument elements ``in[offset:offset+size]``.
-- ``const``  attrs ``(Values,)``: constant elements.
-- an op-table row (``add``, ``sin``, ``powi`` ...): elementwise; each operand has the
-  node's size, or size 1 (broadcast).
-- ``gather`` attrs ``(Table,)``: ``out[k] = x[t[k]]`` (slicing, indexing, reshaping,
-  transposing and broadcasting are all gathers of the flat vector).
-- ``sum``    attrs ``(Table, n)``: ``out[j] = x[k0] + x[k1] + ...`` over the ``k`` with
-  ``t[k] == j``, in increasing ``k`` (numpy's order for object arrays, hence the
-  scalar graph's).
-
-``gather`` and ``sum`` are each other's adjoints; every other rule is the op table's.
-Joins (``np.concatenate`` ...) are sums over distinct positions, added. Anything outside
-this (``np.cumsum``, in-place assignment, data-dependent control flow ...) raises
+Anything outside this (in-place assignment, data-dependent control flow ...) raises
 :class:`Unsupported`, and the caller uses the scalar tracer instead, which gives the
 user-facing error if there is one.
 """
@@ -38,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from . import composite, npfuncs
-from .ops import EXACT_RULES, OPS
+from . import composite, interp, npfuncs
+from .ad import _MASKING, _partials
+from .graph import Graph, Node
+from .trace import Tracer
 from .tree import tree_flatten
 
 # Reductions over at most this many elements per output are unrolled into additions of
@@ -52,201 +41,6 @@ class Unsupported(Exception):
     """The program uses something array-level tracing does not cover."""
 
 
-class _Frozen:
-    """A read-only vector as a node attribute: equal and hashed by its bytes (so 0.0 and
-    -0.0 differ), interned with the node."""
-
-    __slots__ = ("key", "_hash")
-
-    def __init__(self, array: np.ndarray):
-        array.flags.writeable = False
-        self.key = array.tobytes()
-        self._hash = hash(self.key)
-
-    def __eq__(self, other):
-        return type(other) is type(self) and self.key == other.key
-
-    def __hash__(self):
-        return self._hash
-
-
-class Table(_Frozen):
-    """An int64 index vector; ``affine`` is ``(start, step)`` or None."""
-
-    __slots__ = ("index", "affine", "_runs")
-
-    def __init__(self, index):
-        index = np.ascontiguousarray(index, dtype=np.int64).reshape(-1)
-        super().__init__(index)
-        self.index = index
-        self._runs: str | None = None
-        n = len(index)
-        self.affine = None
-        if n == 1:
-            self.affine = (int(index[0]), 0)
-        elif n > 1:
-            step = int(index[1] - index[0])
-            if np.array_equal(index, index[0] + step * np.arange(n)):
-                self.affine = (int(index[0]), step)
-
-    def runs(self) -> str:
-        """``"distinct"`` (no value twice), ``"runs"`` (each value's positions contiguous,
-        e.g. the first index of all pairs i < j) or ``"scattered"``."""
-        if self._runs is None:
-            index = self.index
-            changes = 1 + int(np.count_nonzero(index[1:] != index[:-1])) if len(index) else 0
-            distinct = len(np.unique(index))
-            self._runs = "distinct" if distinct == len(index) else \
-                "runs" if changes == distinct else "scattered"
-        return self._runs
-
-    def __repr__(self):
-        if self.affine is not None:
-            return f"[{self.affine[0]} + {self.affine[1]}k for k < {len(self.index)}]"
-        return f"table[{len(self.index)}]"
-
-
-class Values(_Frozen):
-    """Constant elements; ``uniform`` is their one value when all are the same bits."""
-
-    __slots__ = ("array", "uniform")
-
-    def __init__(self, values):
-        array = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
-        super().__init__(array)
-        self.array = array
-        bits = array.view(np.int64)
-        self.uniform = float(array[0]) if len(array) and (bits == bits[0]).all() else None
-
-    def __repr__(self):
-        if self.uniform is not None:
-            return repr(self.uniform)
-        return f"values[{len(self.array)}]"
-
-
-class ANode:
-    __slots__ = ("op", "args", "attrs", "size", "id")
-
-    def __init__(self, op, args, attrs, size, id):
-        self.op, self.args, self.attrs, self.size, self.id = op, args, attrs, size, id
-
-    def __repr__(self):
-        return f"%{self.id}"
-
-    def line(self) -> str:
-        parts = [self.op, *(f"%{a.id}" for a in self.args), *map(repr, self.attrs)]
-        return f"%{self.id}[{self.size}] = {' '.join(parts)}"
-
-
-class AGraph:
-    """Interned array nodes in creation (= topological) order; CSE as in ``Graph``."""
-
-    def __init__(self, name: str = "f"):
-        self.name = name
-        self.nodes: list[ANode] = []
-        self._table: dict = {}
-
-    def _intern(self, op, args, attrs, size) -> ANode:
-        if size == 0:
-            raise Unsupported("an empty array")     # every loop runs at least once
-        key = (op, args, attrs)
-        node = self._table.get(key)
-        if node is None:
-            node = ANode(op, args, attrs, size, len(self.nodes))
-            self.nodes.append(node)
-            self._table[key] = node
-        return node
-
-    def input(self, offset: int, size: int) -> ANode:
-        return self._intern("input", (), (offset,), size)
-
-    def const(self, values) -> ANode:
-        v = Values(values)
-        return self._intern("const", (), (v,), len(v.array))
-
-    def scalar(self, value: float) -> ANode:
-        return self.const(np.array([float(value)]))
-
-    def node(self, op: str, args: Sequence[ANode], attrs: tuple = ()) -> ANode:
-        """The elementwise node ``op(*args)``: folded, simplified and interned."""
-        args = tuple(args)
-        size = max(a.size for a in args)
-        for a in args:
-            if a.size != size and a.size != 1:
-                raise Unsupported(f"{op} of sizes {[x.size for x in args]}")
-        spec = OPS[op]
-        if all(a.op == "const" for a in args):
-            with np.errstate(all="ignore"):
-                out = spec.numpy(*(a.attrs[0].array for a in args), *attrs)
-            return self.const(np.broadcast_to(np.asarray(out, dtype=np.float64), (size,)))
-        if spec.commutative and args[0].id > args[1].id:
-            args = (args[1], args[0])
-        hit = self._table.get((op, args, attrs))
-        if hit is not None:
-            return hit
-        rule = EXACT_RULES.get(op)     # the scalar graph's rewrites, one set
-        if rule is not None:
-            simpler = rule(_Sized(self, size), args, attrs)
-            if simpler is not None and simpler.size == size:   # never a broadcast operand
-                return simpler
-        return self._intern(op, args, attrs, size)
-
-    def gather(self, x: ANode, index) -> ANode:
-        """``x[index]`` for a flat int index vector (any numpy indexing reduces to this)."""
-        index = np.asarray(index, dtype=np.int64).reshape(-1)
-        if len(index) == x.size and np.array_equal(index, np.arange(x.size)):
-            return x
-        if x.op == "const":
-            return self.const(x.attrs[0].array[index])
-        if x.op == "gather":             # x[s][t] == x[s[t]]
-            return self.gather(x.args[0], x.attrs[0].index[index])
-        if x.op in OPS and x.op not in ("const", "input") and \
-                len(np.unique(index)) == len(index):
-            # An elementwise node read at distinct positions: those positions computed
-            # where they are read (no element twice), fused with the reader.
-            return self.node(x.op, [a if a.size == 1 else self.gather(a, index)
-                                    for a in x.args], x.attrs)
-        return self._intern("gather", (x,), (Table(index),), len(index))
-
-    def segment_sum(self, x: ANode, segments, n: int) -> ANode:
-        """``out[j] = sum of x[k] for segments[k] == j``, in increasing k."""
-        segments = np.asarray(segments, dtype=np.int64).reshape(-1)
-        if x.op == "const":
-            out = np.full(n, -0.0)          # -0.0 + v == v for every v, -0.0 included
-            np.add.at(out, segments, x.attrs[0].array)
-            return self.const(out)
-        return self._intern("sum", (x,), (Table(segments), int(n)), int(n))
-
-    def live(self, outputs: Sequence[ANode]) -> list[ANode]:
-        if not outputs:
-            return []
-        top = max(o.id for o in outputs)
-        mark = bytearray(top + 1)
-        for o in outputs:
-            mark[o.id] = 1
-        for i in range(top, -1, -1):
-            if mark[i]:
-                for a in self.nodes[i].args:
-                    mark[a.id] = 1
-        return [self.nodes[i] for i in range(top + 1) if mark[i]]
-
-
-class _Sized:
-    """What an ``ops.EXACT_RULES`` rule builds with, for one array node of ``size``
-    elements: its constants are that long."""
-
-    __slots__ = ("graph", "size")
-
-    def __init__(self, graph: AGraph, size: int):
-        self.graph, self.size = graph, size
-
-    def node(self, op, args, attrs=()):
-        return self.graph.node(op, args, attrs)
-
-    def const(self, value: float):
-        return self.graph.const(np.full(self.size, float(value)))
-
-
 # ---- the numpy-facing tracer ------------------------------------------------------------
 
 class AArray:
@@ -255,7 +49,7 @@ class AArray:
     __slots__ = ("graph", "node", "shape")
     __array_priority__ = 2000.0
 
-    def __init__(self, graph: AGraph, node: ANode, shape: tuple):
+    def __init__(self, graph: Graph, node: Node, shape: tuple):
         self.graph, self.node, self.shape = graph, node, tuple(shape)
 
     # shape queries
@@ -299,6 +93,12 @@ class AArray:
         raise Unsupported("a traced array as an index")
 
     __hash__ = None  # type: ignore[assignment]
+
+    @staticmethod
+    def apply_op(op: str, args: tuple, attrs: tuple = ()):
+        """Build ``op(*args)`` elementwise (``symad.where``, ``symad.maximum`` and the op
+        table's rules reach array operands through this)."""
+        return _elementwise(op, *args, attrs=attrs)
 
     def __setitem__(self, key, value):
         raise Unsupported("assignment into a traced array")
@@ -385,20 +185,20 @@ class AArray:
         return fn(*args, **kwargs)
 
 
-def _graph_of(values) -> AGraph:
+def _graph_of(values) -> Graph:
     for v in values:
         if isinstance(v, AArray):
             return v.graph
     raise Unsupported("no traced operand")
 
 
-def _lift(graph: AGraph, v) -> AArray:
+def _lift(graph: Graph, v) -> AArray:
     if isinstance(v, AArray):
         if v.graph is not graph:
             raise Unsupported("values of two traces")
         return v
     if isinstance(v, (bool, np.bool_, numbers.Real)) and not isinstance(v, np.ndarray):
-        return AArray(graph, graph.scalar(float(v)), ())
+        return AArray(graph, graph.const(float(v)), ())
     if isinstance(v, (list, tuple)) and not any(isinstance(e, AArray) for e in v):
         v = np.asarray(v)
     if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
@@ -406,7 +206,7 @@ def _lift(graph: AGraph, v) -> AArray:
     raise Unsupported(f"operand of type {type(v).__name__}")
 
 
-def _broadcast(a: AArray, shape: tuple) -> ANode:
+def _broadcast(a: AArray, shape: tuple) -> Node:
     """``a``'s node read at ``shape`` (size-1 nodes broadcast by themselves)."""
     if a.shape == shape or a.size == 1:
         return a.node
@@ -454,6 +254,29 @@ def _axes(axis, ndim: int) -> tuple:
     return tuple(sorted(set(out)))
 
 
+def _region(fn):
+    """``fn`` (a numpy reduction) records the nodes it makes as one region of the graph:
+    unrolled to elements (``symad.scalarize``), they are made element by element, each
+    output's products and additions together, as numpy computes on object arrays."""
+    def reduction(*args, **kwargs):
+        graph = next((a.graph for a in args if isinstance(a, AArray)), None)
+        if graph is None:
+            return fn(*args, **kwargs)
+        start = len(graph.nodes)
+        result = fn(*args, **kwargs)
+        regions = graph.regions
+        while regions and regions[-1][0] >= start:      # inner regions: part of this one
+            regions.pop()
+        if len(graph.nodes) > start:        # (the operands numpy holds as arrays)
+            operands = tuple(a.node for a in args if isinstance(a, AArray))
+            regions.append((start, len(graph.nodes), operands))
+        return result
+    reduction.__name__ = fn.__name__
+    reduction.__doc__ = fn.__doc__
+    return reduction
+
+
+@_region
 def _sum(a, axis=None, keepdims=False, dtype=None, out=None, **kw):
     if out is not None or kw.get("where", True) is not True or kw.get("initial") is not None:
         raise Unsupported("sum with out=, where= or initial=")
@@ -502,6 +325,7 @@ def _expand(a: AArray, axis: int) -> AArray:
     return AArray(a.graph, a.node, a.shape[:axis] + (1,) + a.shape[axis:])
 
 
+@_region
 def _matmul(x, y):
     g = _graph_of([x, y])
     a, b = _lift(g, x), _lift(g, y)
@@ -589,11 +413,13 @@ def _outer(a, b, out=None):
     return _lift(g, a).ravel()[:, None] * _lift(g, b).ravel()[None, :]
 
 
+@_region
 def _vdot(a, b):
     g = _graph_of([a, b])
     return _sum(_lift(g, a).ravel() * _lift(g, b).ravel())
 
 
+@_region
 def _inner(a, b):
     """np.inner: the sum over the last axes, shape ``a.shape[:-1] + b.shape[:-1]``."""
     g = _graph_of([a, b])
@@ -681,44 +507,8 @@ if hasattr(np.linalg, "vector_norm"):
 
 # ---- reverse mode -------------------------------------------------------------------------
 
-class _Operand:
-    """A node as the op table's partial rules see it: arithmetic builds nodes."""
-
-    __slots__ = ("graph", "node")
-
-    def __init__(self, graph: AGraph, node: ANode):
-        self.graph, self.node = graph, node
-
-    def __add__(self, o): return apply("add", (self, o))
-    def __radd__(self, o): return apply("add", (o, self))
-    def __sub__(self, o): return apply("sub", (self, o))
-    def __rsub__(self, o): return apply("sub", (o, self))
-    def __mul__(self, o): return apply("mul", (self, o))
-    def __rmul__(self, o): return apply("mul", (o, self))
-    def __truediv__(self, o): return apply("div", (self, o))
-    def __rtruediv__(self, o): return apply("div", (o, self))
-    def __neg__(self): return apply("neg", (self,))
-
-    def __pow__(self, n):
-        if isinstance(n, (int, np.integer)):
-            return apply("powi", (self,), (int(n),))
-        return apply("pow", (self, n))
-
-
-def apply(op: str, args: tuple, attrs: tuple = ()):
-    """The op table's rules call this (through ``symad.trace.apply``) on ``_Operand``s."""
-    graph = next(a.graph for a in args if isinstance(a, _Operand))
-    nodes = [a.node if isinstance(a, _Operand) else graph.scalar(float(a)) for a in args]
-    return _Operand(graph, graph.node(op, nodes, attrs))
-
-
-def is_operand(value) -> bool:
-    return isinstance(value, _Operand)
-
-
-def vjp(graph: AGraph, y: ANode, wrt: Sequence[ANode]) -> list[ANode | None]:
+def vjp(graph: Graph, y: Node, wrt: Sequence[Node]) -> list[Node | None]:
     """Reverse mode over array nodes: the adjoint of each ``wrt`` node (None: zero)."""
-    from .ad import _CONSTANT_PARTIALS, _MASKING
     lo = min((w.id for w in wrt), default=y.id + 1)
     dep = bytearray(len(graph.nodes))
     for w in wrt:
@@ -728,60 +518,55 @@ def vjp(graph: AGraph, y: ANode, wrt: Sequence[ANode]) -> list[ANode | None]:
             dep[n.id] = 1
     if not dep[y.id]:
         return [None] * len(wrt)
-    bars: dict[int, ANode] = {y.id: graph.const(np.ones(y.size))}
+    bars: dict[int, Node] = {y.id: graph.const(np.ones(y.size))}
     masked: set[int] = set()
     node = graph.node
-    for i in range(y.id, lo - 1, -1):
-        n = graph.nodes[i]
-        bar = bars.get(i)
-        if bar is None or not n.args:
-            continue
-        if n.op == "gather":
-            x = n.args[0]
-            if dep[x.id]:
-                _accumulate(graph, bars, x, graph.segment_sum(bar, n.attrs[0].index, x.size))
-                if i in masked:
-                    masked.add(x.id)
-            continue
-        if n.op == "sum":
-            x = n.args[0]
-            if dep[x.id]:
-                _accumulate(graph, bars, x, graph.gather(bar, n.attrs[0].index))
-                if i in masked:
-                    masked.add(x.id)
-            continue
-        spec = OPS[n.op]
-        parts = _CONSTANT_PARTIALS.get(n.op)
-        if parts is None:
-            parts = spec.partials(*(_Operand(graph, a) for a in n.args),
-                                  _Operand(graph, n), *n.attrs)
-        for a, p, masking in zip(n.args, parts, _MASKING[n.op]):
-            if p is None or not dep[a.id]:
+    graph._open += 1          # the partial rules build through tracers
+    try:
+        for i in range(y.id, lo - 1, -1):
+            n = graph.nodes[i]
+            bar = bars.get(i)
+            if bar is None or not n.args:
                 continue
-            if isinstance(p, _Operand):
-                p = p.node
-            elif type(p) is float and p == 1.0 and not masking:
-                _accumulate(graph, bars, a, bar)
-                if i in masked:
+            if n.op == "gather" or n.op == "sum":
+                x = n.args[0]
+                if dep[x.id]:
+                    back = graph.segment_sum(bar, n.attrs[0].index, x.size) \
+                        if n.op == "gather" else graph.gather(bar, n.attrs[0].index)
+                    _accumulate(graph, bars, x, back)
+                    if i in masked:
+                        masked.add(x.id)
+                continue
+            _, parts = _partials(graph, n)
+            for a, p, masking in zip(n.args, parts, _MASKING[n.op]):
+                if p is None or not dep[a.id]:
+                    continue
+                if isinstance(p, Tracer):
+                    p = p.node
+                elif type(p) is float and p == 1.0 and not masking:
+                    _accumulate(graph, bars, a, bar)
+                    if i in masked:
+                        masked.add(a.id)
+                    continue
+                else:
+                    p = graph.const(float(p))
+                # As ad._scale: the selections' partials are finite, so mul0 keeps their
+                # zero (array graphs hold no mul0 of their own to differentiate).
+                if masking:
+                    contrib, is_masked = node("mul0", (p, bar)), True
+                elif i in masked:
+                    contrib, is_masked = node("mul0", (bar, p)), True
+                else:
+                    contrib, is_masked = node("mul", (bar, p)), False
+                if is_masked:
                     masked.add(a.id)
-                continue
-            else:
-                p = graph.scalar(float(p))
-            # As ad._scale: the selections' partials are finite, so mul0 keeps their zero
-            # (array graphs hold no mul0 of their own to differentiate).
-            if masking:
-                contrib, is_masked = node("mul0", (p, bar)), True
-            elif i in masked:
-                contrib, is_masked = node("mul0", (bar, p)), True
-            else:
-                contrib, is_masked = node("mul", (bar, p)), False
-            if is_masked:
-                masked.add(a.id)
-            _accumulate(graph, bars, a, contrib)
+                _accumulate(graph, bars, a, contrib)
+    finally:
+        graph._open -= 1
     return [bars.get(w.id) for w in wrt]
 
 
-def _accumulate(graph: AGraph, bars: dict, a: ANode, contrib: ANode) -> None:
+def _accumulate(graph: Graph, bars: dict, a: Node, contrib: Node) -> None:
     if contrib.size != a.size:      # a was broadcast (size 1) into a larger node
         contrib = graph.segment_sum(contrib, np.zeros(contrib.size, np.int64), 1)
     prev = bars.get(a.id)
@@ -800,7 +585,7 @@ class ArrayTrace:
         self.out_tree = out_tree
         self.out_shapes = out_shapes
 
-    def elements(self, outputs: Sequence[ANode]) -> int:
+    def elements(self, outputs: Sequence[Node]) -> int:
         """Elements computed: the size of the scalar graph this stands for."""
         return sum(n.size for n in self.graph.live(outputs) if n.args)
 
@@ -808,16 +593,14 @@ class ArrayTrace:
 def trace_call(f, args: tuple, shapes: Sequence[tuple]) -> ArrayTrace:
     """Trace ``f(*args)`` with each argument leaf an ``input`` node; raises Unsupported."""
     from .tree import tree_unflatten
-    graph = AGraph(getattr(f, "__name__", "f"))
+    graph = Graph(getattr(f, "__name__", "f"))
     _, treedef, _ = tree_flatten(tuple(args), "")
-    leaves, offset = [], 0
-    inputs = []
+    leaves = []
     for shape in shapes:
-        n = math.prod(shape)
-        node = graph.input(offset, n)
-        inputs.append(node)
-        leaves.append(AArray(graph, node, shape))
-        offset += n
+        if math.prod(shape) == 0:
+            raise Unsupported("an empty array")     # every loop runs at least once
+        leaves.append(AArray(graph, graph.input(size=math.prod(shape)), shape))
+    inputs = list(graph.inputs)
     traced_args = tree_unflatten(treedef, leaves)
     try:
         result = f(*traced_args)
@@ -836,7 +619,7 @@ def trace_call(f, args: tuple, shapes: Sequence[tuple]) -> ArrayTrace:
         elif isinstance(leaf, (numbers.Real, np.ndarray)) and \
                 np.asarray(leaf).dtype.kind in "biuf":
             arr = np.asarray(leaf, dtype=np.float64)
-            outputs.append(graph.const(arr.reshape(-1)) if arr.size else graph.scalar(0.0))
+            outputs.append(graph.const(arr.reshape(-1)) if arr.size else graph.const(0.0))
             out_shapes.append(arr.shape)
             if arr.size == 0:
                 raise Unsupported("an empty output")
@@ -845,23 +628,11 @@ def trace_call(f, args: tuple, shapes: Sequence[tuple]) -> ArrayTrace:
     return ArrayTrace(graph, inputs, outputs, out_tree, out_shapes)
 
 
-def evaluate(graph: AGraph, outputs: Sequence[ANode], flat_inputs) -> list[np.ndarray]:
-    """The numpy reference value of each output node (tests check compiled code with it)."""
+def evaluate(graph: Graph, outputs: Sequence[Node], flat_inputs) -> list[np.ndarray]:
+    """The numpy reference value (flat) of each output node, given the argument elements
+    in ``graph.inputs`` order (:func:`symad.interp.evaluate` over their slices)."""
     x = np.asarray(flat_inputs, dtype=np.float64)
-    vals: dict[int, np.ndarray] = {}
-    for n in graph.live(outputs):
-        if n.op == "input":
-            v = x[n.attrs[0]:n.attrs[0] + n.size]
-        elif n.op == "const":
-            v = n.attrs[0].array
-        elif n.op == "gather":
-            v = vals[n.args[0].id][n.attrs[0].index]
-        elif n.op == "sum":
-            v = np.full(n.size, -0.0)
-            np.add.at(v, n.attrs[0].index, vals[n.args[0].id])
-        else:
-            with np.errstate(all="ignore"):
-                v = np.broadcast_to(np.asarray(OPS[n.op].numpy(
-                    *(vals[a.id] for a in n.args), *n.attrs), dtype=np.float64), (n.size,))
-        vals[n.id] = v
-    return [np.array(vals[o.id]) for o in outputs]
+    bounds = np.cumsum([0] + [n.size for n in graph.inputs])
+    env = {n: x[lo] if n.size == 1 else x[lo:hi]
+           for n, lo, hi in zip(graph.inputs, bounds[:-1], bounds[1:])}
+    return [np.array(v).reshape(-1) for v in interp.evaluate(graph, outputs, env)]

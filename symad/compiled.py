@@ -328,7 +328,7 @@ class _Specialization:
     native: Any
     used = 0       # when last called through the Python path (CompiledFunction._admit)
 
-    def __init__(self, owner: CompiledFunction, key, args: tuple):
+    def __init__(self, owner: CompiledFunction, key, args: tuple, array_trace=None):
         self._init_signature(owner, key)
         self._graph = None
         self.is_grad = owner._grad
@@ -338,7 +338,7 @@ class _Specialization:
         enabled = gc.isenabled()
         gc.disable()
         try:
-            self._build(owner, args)
+            self._build(owner, args, array_trace)
         finally:
             if enabled:
                 gc.enable()
@@ -400,7 +400,7 @@ class _Specialization:
                                              self._keepalive)
 
     # ---- staging: trace, AD, lower, JIT ----------------------------------------------
-    def _build(self, owner: CompiledFunction, args: tuple) -> None:
+    def _build(self, owner: CompiledFunction, args: tuple, array_trace=None) -> None:
         from .ad import vjp_nodes
         from .api import _scalar_output, _slices, _tracing, trace_call
 
@@ -408,7 +408,12 @@ class _Specialization:
         seconds = {}
         t0 = time.perf_counter()
         logs.stage("trace")
-        st = trace_call(self._f, args)
+        if array_trace is None:
+            st = trace_call(self._f, args)
+        else:       # unrolled from the array-level trace: the function runs once
+            from .api import _arg_names
+            from .scalarize import stage_array_trace
+            st = stage_array_trace(array_trace, args, name, _arg_names(self._f, len(args)))
         graph = st.graph
         t1 = time.perf_counter()
         seconds["trace"] = t1 - t0
@@ -820,12 +825,15 @@ ARRAY_MIN_LENGTH = 20
 
 def _specialization(owner: CompiledFunction, key, args: tuple) -> _Specialization:
     """The array-level specialization when it applies (``ARRAY_MIN_ELEMENTS``), else the
-    scalar one."""
+    scalar one: unrolled from the array-level trace when there is one, else traced by the
+    scalar tracer."""
+    array_trace = None
     if any(s != () for s in key[1]):
         spec = _ArraySpecialization.attempt(owner, key, args)
-        if spec is not None:
+        if isinstance(spec, _Specialization):
             return spec
-    return _Specialization(owner, key, args)
+        array_trace = spec
+    return _Specialization(owner, key, args, array_trace)
 
 
 class _ArraySpecialization(_Specialization):
@@ -840,6 +848,9 @@ class _ArraySpecialization(_Specialization):
 
     @classmethod
     def attempt(cls, owner: CompiledFunction, key, args: tuple):
+        """The array-level specialization; or, when the policy prefers element-by-element
+        code, the array-level trace to unroll; or None if the array level cannot trace
+        the function."""
         from . import arrays
         t0 = time.perf_counter()
         shapes = key[1]
@@ -855,7 +866,7 @@ class _ArraySpecialization(_Specialization):
         elements = tr.elements(tr.outputs)
         if elements < ARRAY_MIN_ELEMENTS or \
                 elements < ARRAY_MIN_LENGTH * len(graph.live(tr.outputs)):
-            return None
+            return tr
         self = cls.__new__(cls)
         self._init_signature(owner, key)
         self._owner = owner
@@ -869,7 +880,7 @@ class _ArraySpecialization(_Specialization):
                 owner, len(args), [td for _, td, _ in per_arg],
                 [shapes[starts[k]:starts[k + 1]] for k in range(len(args))])
             if tr.out_shapes != [()]:
-                return None          # the scalar path explains what is wrong
+                return tr           # the scalar path explains what is wrong
             wrt = [tr.inputs[j] for k in nums for j in range(starts[k], starts[k + 1])]
             y = tr.outputs[0]
             bars = arrays.vjp(graph, y, wrt)
@@ -920,6 +931,7 @@ class _ArraySpecialization(_Specialization):
                           "batch_ir": levels[0], "batch_machine_code": levels[1]},
             "fastmath": flags, "disk_cache": None}
         self.array_graph, self.array_outputs = graph, outputs
+        graph.outputs = list(outputs)
         logs.timings(owner.__name__, self.stats)
         return self
 
@@ -930,7 +942,9 @@ class _ArraySpecialization(_Specialization):
             owner = self._owner
             with owner._lock:
                 if self._scalar_spec is None:
-                    self._scalar_spec = _Specialization(owner, self.key, self._example)
+                    from . import arrays
+                    tr = arrays.trace_call(self._f, self._example, self.shapes)
+                    self._scalar_spec = _Specialization(owner, self.key, self._example, tr)
                 spec = self._scalar_spec
         return spec
 
@@ -960,13 +974,21 @@ class _ArraySpecialization(_Specialization):
                                  codegen_level=levels[1], unroll=False)
         return mod, f"{base}_batch", buffer
 
+    # The graphs shown are the array-level graph the kernel was compiled from (its IR's
+    # ``%vN`` are their ``%N``): the gradient's extends the forward trace, and the forward
+    # graph is traced again on its own (cheap at this level), as the scalar one is.
     @property  # type: ignore[override]
     def grad_graph(self):
-        return self.scalar().grad_graph if self.is_grad else None
+        return self.array_graph if self.is_grad else None
 
     @property
     def graph(self):
-        return self.scalar().graph
+        if self._graph is None:
+            from . import arrays
+            tr = arrays.trace_call(self._f, self._example, self.shapes)
+            tr.graph.outputs = list(tr.outputs)
+            self._graph = tr.graph
+        return self._graph
 
     @property  # type: ignore[override]
     def outputs(self):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import arrays, composite, npfuncs
+from . import composite, npfuncs
 from .errors import ConcretizationError, LeakedTracerError, TracingError, UnsupportedOpError
 from .graph import Graph, Node
 from .ops import OPS
@@ -79,6 +79,11 @@ class Tracer:
         raise _concrete_error(f"complex() of {self.node.line()}")
 
     __hash__ = None  # == builds a node, so tracers cannot be dict keys (as in JAX)
+
+    @staticmethod
+    def apply_op(op: str, args: tuple, attrs: tuple = ()):
+        """Build ``op(*args)`` (the op table's rules apply ops through this)."""
+        return apply(op, args, attrs)
 
     # ---- arithmetic and comparisons (comparisons build 0/1 nodes for symad.where) ----
     # An ndarray operand returns NotImplemented so numpy broadcasts elementwise instead.
@@ -164,8 +169,10 @@ def apply(op: str, args: tuple, attrs: tuple = ()):
                     f"{g.name!r}). A traced value escaped the function that created it "
                     "(a global or a closure); pass it in as an argument instead.")
     if graph is None:
-        if any(arrays.is_operand(a) for a in args):   # an array-level reverse pass
-            return arrays.apply(op, args, attrs)
+        for a in args:      # another traced type (an array-level operand) builds it
+            apply_op = getattr(type(a), "apply_op", None)
+            if apply_op is not None:
+                return apply_op(op, args, attrs)
         vals = [_as_float(a, op, i) for i, a in enumerate(args)]
         with np.errstate(all="ignore"):
             return float(OPS[op].numpy(*vals, *attrs))
