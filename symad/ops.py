@@ -63,8 +63,14 @@ class OpSpec:
 
 
 def _apply(name: str, args: tuple, attrs: tuple):
-    from .trace import apply  # the tracer type lives in trace.py, which imports this table
-    return apply(name, args, attrs)
+    """``name`` applied by the operands' own type: a traced value's class builds graph
+    nodes through its ``apply_op`` (so this table imports no tracer)."""
+    for a in args:
+        apply_op = getattr(type(a), "apply_op", None)
+        if apply_op is not None:
+            return apply_op(name, args, attrs)
+    with np.errstate(all="ignore"):
+        return float(OPS[name].numpy(*(float(a) for a in args), *attrs))
 
 
 def _op(name: str) -> Callable:
