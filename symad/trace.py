@@ -271,7 +271,7 @@ def _array_ufunc(ufunc, method, inputs, kwargs):
             f"numpy ufunc np.{name} has no symad rule (symad.supported_numpy() lists the "
             f"ufuncs and functions that trace: {', '.join(sorted(UFUNCS))}). Write it with "
             "those, or add an op: one OpSpec row in symad/ops.py, whose numpy names both "
-            "tracers then accept.")
+            "tracers then accept (the recipe: \"Adding an op\" in docs/ops.md).")
     elem = _ELEMENTWISE[name]
     if method == "__call__":
         return _wrap(elem(*plain, **kwargs))

@@ -18,6 +18,7 @@ few (tests/test_ops.py's tolerances). Adding a row adds its cases here.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +266,19 @@ def test_symad_selection_functions_stay_at_the_array_level(fn):
     np.testing.assert_array_equal(f(*(np.asarray(a, np.float64) for a in args)),
                                   2.0 * np.abs(x))
     assert f.stats.get("array_level")
+
+
+def test_unsupported_op_errors_point_at_the_recipe():
+    recipe = (Path(__file__).parents[1] / "docs" / "ops.md").read_text()
+    assert "\n## Adding an op\n" in recipe
+    assert '"Adding an op"' in symad.UnsupportedOpError.__doc__
+    with pytest.raises(symad.UnsupportedOpError,
+                       match=r'np\.spacing has no symad rule.*"Adding an op" in docs/ops\.md'):
+        symad.grad(lambda x: np.sum(np.spacing(x)))(np.ones(4))
+    x = sp.Symbol("x")
+    with pytest.raises(symad.UnsupportedOpError) as err:
+        symad.sympy_bridge.from_sympy(sp.gamma(x), [x])
+    message = str(err.value)
+    assert "sympy gamma" in message and '"Adding an op" in docs/ops.md' in message
+    # the functions it lists are the rows' sympy classes
+    assert "asinh" in message and "log1p" in message and "Mod" in message
