@@ -31,6 +31,7 @@ import numpy as np
 from llvmlite import ir
 
 from symad.graph import Graph, Node
+from symad.ops import OPS
 
 from .builder import DOUBLE, I64, PTR, const_table, free_buffer, kernel_fn, scratch_buffer
 from .lower import lower_node
@@ -70,8 +71,7 @@ def _view_of(n: Node) -> Node | None:
 # computes its terms in the loop that adds them (1.90 instead of 2.02 us), as a
 # hand-written loop would; Lennard-Jones's seven sums per pair leave no room (its loop
 # would recompute the forces: 11.6 -> 14.6 us).
-_CHEAP = frozenset(("add", "sub", "mul", "neg", "powi", "abs", "mul0", "where", "maximum",
-                    "minimum", "lt", "le", "gt", "ge", "eq", "ne", "sign", "floor"))
+_CHEAP = frozenset(name for name, row in OPS.items() if row.cheap)
 REDUCTION_BUDGET = 15
 
 

@@ -12,12 +12,15 @@ import subprocess
 from collections.abc import Sequence
 
 from .graph import Graph, Node
+from .ops import OPS
 
 _FORWARD_COLOR = "lightblue"
 _ADJOINT_COLOR = "lightsalmon"
 _INPUT_COLOR = "palegreen"
 _CONST_COLOR = "lightgrey"
-_ORDERED_OPS = {"sub", "div", "pow", "atan2", "where", "lt", "le", "gt", "ge", "mul0"}
+# ops whose operand order matters: their edges carry the operand's position
+_ORDERED_OPS = frozenset(name for name, row in OPS.items()
+                         if row.arity > 1 and not row.commutative)
 
 
 def _label(n: Node) -> str:

@@ -63,7 +63,8 @@ class UnsupportedOpError(SymadError, NotImplementedError):
     ``symad.supported_numpy()`` lists the numpy ufuncs and functions that trace. Rewrite
     the computation with those, or add an op: one ``OpSpec`` row in ``symad/ops.py``
     (numpy semantics, partials as graph expressions, sympy counterpart, lowering), whose
-    numpy names both tracers then accept; the table-driven tests check it::
+    numpy names both tracers then accept and the table-driven tests check; the recipe is
+    "Adding an op" on the op table page of the documentation (``docs/ops.md``)::
 
         np.fft.fft(x)   ->  not differentiable here: compute it outside the traced function
         np.sinc(x)      ->  symad.where(x == 0, 1.0, np.sin(np.pi * x) / (np.pi * x))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
+from sympy.codegen import cfunctions as spc
 
 # ---- lowering hints: plain data, read by codegen/lower.py (symad never imports LLVM) ----
 
@@ -58,8 +59,15 @@ class OpSpec:
     selects: bool = False              # partials are selections: AD multiplies with mul0
     convention: str = ""               # documented choice at non-smooth points
     # numpy ufunc names besides ``numpy.__name__`` (np.arcsin is found by its name alone);
-    # both tracers map every such name to this op (see ``ufunc_names``)
+    # both tracers map every such name to this op (see ``ufunc_names``), and a scalar
+    # tracer has a method of each name that numpy calls on object arrays (``x.arcsin()``)
     numpy_names: tuple = ()
+    # sympy function classes ``from_sympy`` reads as this op besides ``sympy`` itself (when
+    # that is a sympy function class, such as sp.sin): sympy.codegen's C functions
+    sympy_functions: tuple = ()
+    # a few instructions and no call: codegen/arrays.py recomputes such ops inside the
+    # loop of a reduction that uses them instead of storing them
+    cheap: bool = False
 
 
 def _apply(name: str, args: tuple, attrs: tuple):
@@ -171,41 +179,43 @@ OPS = op_table(
     OpSpec("input", 0, None, None, None, Custom()),
     # ---- arithmetic ----
     OpSpec("add", 2, np.add, lambda x, y, out: (1.0, 1.0), sp.Add, Instr("fadd"),
-           commutative=True),
+           commutative=True, cheap=True),
     OpSpec("sub", 2, np.subtract, lambda x, y, out: (1.0, -1.0), lambda x, y: x - y,
-           Instr("fsub")),
+           Instr("fsub"), cheap=True),
     OpSpec("mul", 2, np.multiply, lambda x, y, out: (y, x), sp.Mul, Instr("fmul"),
-           commutative=True),
+           commutative=True, cheap=True),
     # d/dy = -out/y as -out * (1/y): one division for both partials, and none for a
     # reciprocal 1/y, whose 1/y is ``out`` itself (-out*out; divisions cost ~10x a mul).
     OpSpec("div", 2, np.divide, _div_partials, lambda x, y: x / y, Instr("fdiv"),
            numpy_names=("true_divide",)),
-    OpSpec("neg", 1, np.negative, lambda x, out: (-1.0,), lambda x: -x, Instr("fneg")),
+    OpSpec("neg", 1, np.negative, lambda x, out: (-1.0,), lambda x: -x, Instr("fneg"),
+           cheap=True),
     # x ** y for a traced y: d/dy = out*log(x) is NaN for x < 0, as in every AD system.
     OpSpec("pow", 2, np.power, lambda x, y, out: (y * x ** (y - 1), out * log(x)),
            sp.Pow, Intrinsic("llvm.pow"), domain=(0.5, 2.5)),
     # x ** n for a Python int n (attribute): exact repeated multiplication, any sign of x.
     OpSpec("powi", 1, _powi_np, lambda x, out, n: (n * x ** (n - 1) if n else None,),
-           lambda x, n: x**n, Custom()),
+           lambda x, n: x**n, Custom(), cheap=True),
     # ---- exponentials and logarithms ----
     OpSpec("exp", 1, np.exp, lambda x, out: (out,), sp.exp, Intrinsic("llvm.exp")),
     OpSpec("log", 1, np.log, lambda x, out: (1 / x,), sp.log, Intrinsic("llvm.log"),
            domain=(0.1, 5.0)),
     # log1p/expm1 keep full precision near 0, where log(1+x) and exp(x)-1 cancel.
+    # (sympy.codegen's log1p/expm1 classes print as the C functions; from_sympy reads them)
     OpSpec("log1p", 1, np.log1p, lambda x, out: (1 / (1 + x),), lambda x: sp.log(1 + x),
-           Libm("log1p"), domain=(-0.5, 3.0)),
+           Libm("log1p"), domain=(-0.5, 3.0), sympy_functions=(spc.log1p,)),
     OpSpec("expm1", 1, np.expm1, lambda x, out: (out + 1,), lambda x: sp.exp(x) - 1,
-           Libm("expm1")),
+           Libm("expm1"), sympy_functions=(spc.expm1,)),
     # Dedicated rows, not log(x)/log(10) or 2**x: the quotient of logs rounds twice
     # (log(1000)/log(10) is 2.9999999999999996, so floor(log10(1000)) was 2).
     OpSpec("exp2", 1, np.exp2, lambda x, out: (_LN2 * out,), lambda x: 2**x,
-           Intrinsic("llvm.exp2")),
+           Intrinsic("llvm.exp2"), sympy_functions=(spc.exp2,)),
     OpSpec("log2", 1, np.log2, lambda x, out: (_INV_LN2 / x,), lambda x: sp.log(x, 2),
-           Intrinsic("llvm.log2"), domain=(0.1, 5.0)),
+           Intrinsic("llvm.log2"), domain=(0.1, 5.0), sympy_functions=(spc.log2,)),
     OpSpec("log10", 1, np.log10, lambda x, out: (_INV_LN10 / x,), lambda x: sp.log(x, 10),
-           Intrinsic("llvm.log10"), domain=(0.1, 5.0)),
+           Intrinsic("llvm.log10"), domain=(0.1, 5.0), sympy_functions=(spc.log10,)),
     OpSpec("sqrt", 1, np.sqrt, lambda x, out: (0.5 / out,), sp.sqrt, Intrinsic("llvm.sqrt"),
-           domain=(0.1, 5.0)),
+           domain=(0.1, 5.0), sympy_functions=(spc.Sqrt,)),
     # ---- trigonometric ----
     OpSpec("sin", 1, np.sin, lambda x, out: (cos(x),), sp.sin, Intrinsic("llvm.sin")),
     OpSpec("cos", 1, np.cos, lambda x, out: (-sin(x),), sp.cos, Intrinsic("llvm.cos")),
@@ -222,7 +232,7 @@ OPS = op_table(
     # libm hypot scales internally: sqrt(x*x + y*y) overflows at 1e155 and underflows at
     # 1e-162. At (0, 0) the partials are 0/0 = NaN, as they were for that formula.
     OpSpec("hypot", 2, np.hypot, lambda x, y, out: (x / out, y / out),
-           lambda x, y: sp.sqrt(x * x + y * y), Libm("hypot")),
+           lambda x, y: sp.sqrt(x * x + y * y), Libm("hypot"), sympy_functions=(spc.hypot,)),
     # ---- hyperbolic and special ----
     OpSpec("sinh", 1, np.sinh, lambda x, out: (cosh(x),), sp.sinh, Libm("sinh")),
     OpSpec("cosh", 1, np.cosh, lambda x, out: (sinh(x),), sp.cosh, Libm("cosh")),
@@ -236,14 +246,14 @@ OPS = op_table(
     # The real cube root (libm cbrt), defined for x < 0, unlike x ** (1/3).
     OpSpec("cbrt", 1, np.cbrt, lambda x, out: (1 / (3 * out * out),),
            lambda x: sp.sign(x) * sp.Abs(x) ** sp.Rational(1, 3), Libm("cbrt"),
-           domain=(0.1, 3.0)),
+           domain=(0.1, 3.0), sympy_functions=(spc.Cbrt,)),
     OpSpec("erf", 1, _erf_np, lambda x, out: (_TWO_OVER_SQRT_PI * exp(-(x * x)),), sp.erf,
            Libm("erf"), numpy_names=("erf",)),   # scipy.special.erf is a ufunc named "erf"
     # ---- non-smooth ----
     OpSpec("abs", 1, np.abs, lambda x, out: (sign(x),), sp.Abs, Intrinsic("llvm.fabs"),
-           convention="abs'(0) = 0 (sign(0) = 0)", numpy_names=("fabs",)),
+           convention="abs'(0) = 0 (sign(0) = 0)", numpy_names=("fabs",), cheap=True),
     OpSpec("sign", 1, np.sign, lambda x, out: (None,), sp.sign, Custom(),
-           convention="sign' = 0 everywhere, also at 0"),
+           convention="sign' = 0 everywhere, also at 0", cheap=True),
     # |x| with the sign bit of y (also of -0.0 and NaN), so d/dx is copysign(1, y) for
     # x > 0: sign(y) would be 0 at y = ±0.
     OpSpec("copysign", 2, np.copysign,
@@ -251,13 +261,15 @@ OPS = op_table(
            _sp_copysign, Intrinsic("llvm.copysign"),
            convention="copysign: d/dx = ±sign(x) (0 at x = 0), d/dy = 0"),
     OpSpec("floor", 1, np.floor, lambda x, out: (None,), sp.floor, Intrinsic("llvm.floor"),
-           convention="floor' = 0 everywhere, also at integers"),
+           convention="floor' = 0 everywhere, also at integers", cheap=True),
     OpSpec("maximum", 2, np.maximum,
            lambda x, y, out: (_half_tie(x, y, gt), _half_tie(y, x, gt)), sp.Max, Custom(),
-           selects=True, convention="maximum(x, y) at x == y: gradient split 1/2, 1/2"),
+           selects=True, cheap=True,
+           convention="maximum(x, y) at x == y: gradient split 1/2, 1/2"),
     OpSpec("minimum", 2, np.minimum,
            lambda x, y, out: (_half_tie(x, y, lt), _half_tie(y, x, lt)), sp.Min, Custom(),
-           selects=True, convention="minimum(x, y) at x == y: gradient split 1/2, 1/2"),
+           selects=True, cheap=True,
+           convention="minimum(x, y) at x == y: gradient split 1/2, 1/2"),
     # fmax/fmin ignore a NaN operand (numpy, C99): llvm.maxnum/minnum have that NaN rule
     # but leave the sign of a zero result unspecified, so they are fcmp+select too.
     OpSpec("fmax", 2, np.fmax,
@@ -282,28 +294,29 @@ OPS = op_table(
            "jumps"),
     # ---- comparisons (1.0 true, 0.0 false; NaN compares false except in ne) ----
     OpSpec("lt", 2, _flag(np.less), lambda x, y, out: (None, None), _sp_lt,
-           Custom(), numpy_names=("less",)),
+           Custom(), numpy_names=("less",), cheap=True),
     OpSpec("le", 2, _flag(np.less_equal), lambda x, y, out: (None, None), _sp_le,
-           Custom(), numpy_names=("less_equal",)),
+           Custom(), numpy_names=("less_equal",), cheap=True),
     OpSpec("gt", 2, _flag(np.greater), lambda x, y, out: (None, None), _sp_gt,
-           Custom(), numpy_names=("greater",)),
+           Custom(), numpy_names=("greater",), cheap=True),
     OpSpec("ge", 2, _flag(np.greater_equal), lambda x, y, out: (None, None),
-           _sp_ge, Custom(), numpy_names=("greater_equal",)),
+           _sp_ge, Custom(), numpy_names=("greater_equal",), cheap=True),
     OpSpec("eq", 2, _flag(np.equal), lambda x, y, out: (None, None), _sp_eq,
-           Custom(), commutative=True, numpy_names=("equal",)),
+           Custom(), commutative=True, numpy_names=("equal",), cheap=True),
     OpSpec("ne", 2, _flag(np.not_equal), lambda x, y, out: (None, None), _sp_ne,
-           Custom(), commutative=True, numpy_names=("not_equal",)),
+           Custom(), commutative=True, numpy_names=("not_equal",), cheap=True),
     # ---- selection ----
     # where(c, a, b) takes a where c != 0 (NaN counts as true, as in numpy). The branch
     # not taken gets an exact 0 adjoint even when its own partials are inf or NaN.
     OpSpec("where", 3, _where_np, lambda c, a, b, out: (None, ne(c, 0.0), eq(c, 0.0)),
            lambda c, a, b: b + (a - b) * _sp_ne(c, 0), Custom(),
-           selects=True, convention="where: no gradient flows into the branch not taken"),
+           selects=True, cheap=True,
+           convention="where: no gradient flows into the branch not taken"),
     # mul0(z, y) = z if z == 0 else z * y. AD uses it where z may be a masked-out
     # adjoint, so 0 * inf stays 0 instead of becoming NaN. It selects too: its own
     # derivatives must keep that zero exact, or Hessians of where(...) leak NaN again.
     OpSpec("mul0", 2, _mul0_np, lambda z, y, out: (y, z), sp.Mul, Custom(),
-           selects=True),
+           selects=True, cheap=True),
 )
 
 

@@ -23,8 +23,6 @@ from fractions import Fraction
 
 import numpy as np
 import sympy as sp
-from sympy.codegen.cfunctions import expm1 as _sp_expm1
-from sympy.codegen.cfunctions import log1p as _sp_log1p
 
 from .errors import SymadError, UnsupportedOpError
 from .graph import Graph, Node
@@ -142,14 +140,26 @@ def symbolic_grad(f: Callable, *args) -> list[sp.Expr]:
 # ---- sympy -> a traceable Python function ----------------------------------------------
 
 
+def _function_ops() -> dict[type, str]:
+    """sympy function class -> op, from the rows: a row's ``sympy`` counterpart when it is a
+    sympy function class (sp.sin, sp.atan2, sp.Abs, sp.Mod) and its ``sympy_functions``
+    (sympy.codegen's log1p, hypot, ...). Add, Mul, Pow, Max and Min are not function
+    classes; ``_plan`` reads them (and relations, Piecewise) itself."""
+    found: dict[type, str] = {}
+    for row in OPS.values():
+        fn = row.sympy
+        own = (fn,) if isinstance(fn, type) and issubclass(fn, sp.Function) else ()
+        for cls in own + row.sympy_functions:
+            if cls in found:
+                raise ValueError(f"sympy {cls.__name__} is the counterpart of both op "
+                                 f"{found[cls]!r} and op {row.name!r}")
+            found[cls] = row.name
+    return found
+
+
 # sympy function class -> op of the table (evaluated through symad.trace.apply)
-_FUNCTION_OPS: dict[type, str] = {
-    sp.exp: "exp", sp.log: "log", sp.sin: "sin", sp.cos: "cos", sp.tan: "tan",
-    sp.asin: "asin", sp.acos: "acos", sp.atan: "atan", sp.atan2: "atan2",
-    sp.sinh: "sinh", sp.cosh: "cosh", sp.tanh: "tanh", sp.erf: "erf",
-    sp.Abs: "abs", sp.sign: "sign", sp.floor: "floor",
-    _sp_expm1: "expm1", _sp_log1p: "log1p",
-}
+_FUNCTION_OPS: dict[type, str] = _function_ops()
+_FUNCTION_NAMES = sorted(cls.__name__ for cls in _FUNCTION_OPS)
 _RELATION_OPS: dict[type, str] = {
     sp.StrictLessThan: "lt", sp.LessThan: "le", sp.StrictGreaterThan: "gt",
     sp.GreaterThan: "ge", sp.Equality: "eq", sp.Unequality: "ne",
@@ -260,8 +270,9 @@ def _plan(e: sp.Basic) -> tuple[list[sp.Basic], Callable]:
         return _plan_piecewise(e)
     raise UnsupportedOpError(
         f"from_sympy does not support sympy {type(e).__name__} (in {str(e)[:80]}); "
-        "rewrite it with supported functions (+ - * / **, exp, log, trig, hyperbolic, "
-        "erf, Abs, sign, floor, Max, Min, Piecewise)")
+        "rewrite it with + - * / **, Max, Min, ceiling, Piecewise, relations, And, Or, "
+        f"Not and the functions {', '.join(_FUNCTION_NAMES)} (or add an op whose row "
+        "names its sympy class: \"Adding an op\" in docs/ops.md)")
 
 
 def _plan_add(e: sp.Add):

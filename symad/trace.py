@@ -114,30 +114,9 @@ class Tracer:
     def __divmod__(self, o): return self // o, self % o
     def __rdivmod__(self, o): return o // self, o % self
 
-    # ---- element methods numpy calls on object arrays (np.sin(obj_array) -> x.sin()) ----
-    def sin(self): return apply("sin", (self,))
-    def cos(self): return apply("cos", (self,))
-    def tan(self): return apply("tan", (self,))
-    def arcsin(self): return apply("asin", (self,))
-    def arccos(self): return apply("acos", (self,))
-    def arctan(self): return apply("atan", (self,))
-    def sinh(self): return apply("sinh", (self,))
-    def cosh(self): return apply("cosh", (self,))
-    def tanh(self): return apply("tanh", (self,))
-    def exp(self): return apply("exp", (self,))
-    def expm1(self): return apply("expm1", (self,))
-    def log(self): return apply("log", (self,))
-    def log1p(self): return apply("log1p", (self,))
-    def sqrt(self): return apply("sqrt", (self,))
-    def log2(self): return apply("log2", (self,))
-    def log10(self): return apply("log10", (self,))
-    def exp2(self): return apply("exp2", (self,))
-    def arcsinh(self): return apply("asinh", (self,))
-    def arccosh(self): return apply("acosh", (self,))
-    def arctanh(self): return apply("atanh", (self,))
-    def cbrt(self): return apply("cbrt", (self,))
-    def arctan2(self, x): return apply("atan2", (self, x))
-    def conjugate(self): return self
+    # Element methods: numpy's object loops call np.sin(obj_array) as x.sin() (arcsin,
+    # hypot, fmod, deg2rad, ... likewise, by the ufunc's name). They are made from UFUNCS
+    # below (``_add_element_methods``), one for each name numpy calls that way.
 
     # numpy functions and ufuncs called on a scalar tracer go through the op table too
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -299,7 +278,7 @@ def _array_ufunc(ufunc, method, inputs, kwargs):
             f"numpy ufunc np.{name} has no symad rule (symad.supported_numpy() lists the "
             f"ufuncs and functions that trace: {', '.join(sorted(UFUNCS))}). Write it with "
             "those, or add an op: one OpSpec row in symad/ops.py, whose numpy names both "
-            "tracers then accept.")
+            "tracers then accept (the recipe: \"Adding an op\" in docs/ops.md).")
     elem = _ELEMENTWISE[name]
     if method == "__call__":
         return _wrap(elem(*plain, **kwargs))
@@ -396,6 +375,59 @@ UFUNCS = composite.ufunc_table(_unary, _binary, power, lambda c, a, b: where(c, 
 
 _ELEMENTWISE = {name: np.frompyfunc(fn, fn.__code__.co_argcount, 1)
                 for name, fn in UFUNCS.items()}
+
+
+class _MethodProbe:
+    """An object-array element that records which method numpy's object loop calls."""
+
+    def __init__(self):
+        self.called: str | None = None
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def method(*others):
+            self.called = name
+            return 0.0
+        return method
+
+
+def _numpy_calls_method(name: str) -> bool:
+    """Does numpy's object loop of ``np.<name>`` call the element's method ``name``, as
+    np.sin does (x.sin())? Others use Python's operators (np.add), comparisons
+    (np.maximum), math.floor (np.floor) or have no object loop (np.copysign)."""
+    ufunc = getattr(np, name, None)
+    if not isinstance(ufunc, np.ufunc):
+        return False
+    probe = _MethodProbe()
+    box = np.empty(1, dtype=object)
+    box[0] = probe
+    try:
+        ufunc(*([box] * ufunc.nin))
+    except Exception:   # TypeError today: whatever a loop says of an element it cannot use
+        return False
+    return probe.called == name
+
+
+def _element_method(name: str, fn):
+    def method(self, *others):
+        return fn(self, *others)
+    method.__name__ = name
+    method.__qualname__ = f"Tracer.{name}"
+    method.__doc__ = f"np.{name} of this value (numpy calls it on object arrays)."
+    return method
+
+
+def _add_element_methods() -> None:
+    """A Tracer method for each UFUNCS name numpy calls by name on object arrays, so
+    np.arcsin(np.array([x, y])) traces like np.arcsin(symad.asarray([x, y]))."""
+    for name, fn in UFUNCS.items():
+        if _numpy_calls_method(name):
+            setattr(Tracer, name, _element_method(name, fn))
+
+
+_add_element_methods()
 
 
 def _where(cond, a=None, b=None):
