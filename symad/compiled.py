@@ -47,25 +47,6 @@ from .persist import (
 )
 from .tree import tree_flatten, tree_unflatten
 
-
-def _expose_source_backend() -> None:
-    """Let ``symad.codegen`` resolve to the repository's ``codegen/`` in a source checkout.
-
-    The LLVM back end is installed as ``symad.codegen``: a top-level ``codegen`` package
-    would collide with an unrelated PyPI project. In a checkout it is the top-level
-    ``codegen/`` folder; adding the checkout to ``symad.__path__`` finds it there without
-    importing it (llvmlite loads only when something is compiled).
-    """
-    import symad
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if (os.path.isfile(os.path.join(checkout, "codegen", "__init__.py"))
-            and not os.path.isdir(os.path.join(symad.__path__[0], "codegen"))
-            and checkout not in symad.__path__):
-        symad.__path__.append(checkout)
-
-
-_expose_source_backend()
-
 _CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> _Native
 _RECENT: collections.OrderedDict = collections.OrderedDict()  # strong refs, bounded LRU
 _RECENT_MAX = 64
