@@ -377,8 +377,8 @@ class _Specialization:
         self._keepalive: list = [native]
         if native.py_address is not None:
             self.fast = py_entry.make_py_callable(native.py_address, owner.__name__,
-                                             owner._slow_call, native.py_spec,
-                                             self._keepalive)
+                                                  owner._slow_call, native.py_spec,
+                                                  self._keepalive)
 
     # ---- staging: trace, AD, lower, JIT ----------------------------------------------
     def _build(self, owner: CompiledFunction, args: tuple) -> None:
