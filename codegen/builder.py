@@ -1,20 +1,30 @@
-"""The IR-building toolkit shared by the kernel emitters (lower -> jit): the kernel
-signature, constant tables, counted loops, and scratch buffers on the stack or the heap
-(with one NaN-on-OOM policy). ``codegen/lower.py`` (scalar graphs), ``codegen/arrays.py``
-(array-level graphs) and ``codegen/abi.py`` (entries) build with these."""
+"""The IR-building toolkit shared by the kernel emitters and the entries (lower -> jit):
+the kernel signature (in IR and as a ctypes prototype) and its exported entry, constant
+tables, counted loops, declarations of C functions, and scratch buffers on the stack or
+the heap (with one NaN-on-OOM policy). ``codegen/lower.py`` (scalar graphs),
+``codegen/arrays.py`` (array-level graphs), ``codegen/batch_entry.py`` (the batch loop)
+and ``codegen/py_entry.py`` (the CPython entry) build with these."""
 
 from __future__ import annotations
+
+import ctypes
 
 import numpy as np
 from llvmlite import ir
 
 DOUBLE = ir.DoubleType()
+I8 = ir.IntType(8)
+I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 
+# How Python calls a kernel (``kernel_fn``'s signature): one point, through ctypes.
+KERNEL_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                ctypes.c_int64)
+
 # Kernels keep a scratch buffer (a rolled kernel's values, the values crossing chunks, an
 # array kernel's buffers) on the stack up to this many doubles (16 KiB), on the heap above
-# (``scratch_buffer``). The Python entry keeps at most abi.ENTRY_STACK_DOUBLES (8 KiB) more
+# (``scratch_buffer``). The Python entry keeps at most py_entry.ENTRY_STACK_DOUBLES (8 KiB) more
 # there, so a call needs well under 64 KiB of stack whatever the graph (threads may have
 # small stacks). 16 KiB, not 8: the tanh network's rolled kernel (1,683 values, a 2.7 us
 # call) paid ~0.1 us for malloc and free at 8; a kernel with more values runs longer.
@@ -32,6 +42,38 @@ def kernel_fn(module, name, extra=()):
         a.add_attribute("noalias")
     fn.attributes.add("nounwind")
     return fn
+
+
+def emit_kernel_entry(module: ir.Module, body: ir.Function, name: str) -> ir.Function:
+    """The exported point kernel: a call to ``body``, which is internal and
+    ``alwaysinline`` so that the batch loop gets its own inlined (vectorisable) copy
+    however big it is, while the Python entry calls this one copy."""
+    body.attributes.add("alwaysinline")
+    body.linkage = "internal"
+    fn = ir.Function(module, body.function_type, name=name)
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.call(body, list(fn.args))
+    b.ret_void()
+    return fn
+
+
+def i64(v: int) -> ir.Constant:
+    """An i64 constant (indices, counts, byte offsets)."""
+    return ir.Constant(I64, v)
+
+
+def declare(module: ir.Module, name: str, ret, args) -> ir.Function:
+    """The module's declaration of the C function ``name`` (added at the first use)."""
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args),
+                                                   name=name)
+
+
+def heap_doubles(b: ir.IRBuilder, n_doubles: int, name: str):
+    """``malloc(8 * n_doubles)`` at the builder's position: the caller checks it for NULL
+    and gives it back with ``free_buffer``."""
+    malloc = declare(b.module, "malloc", PTR, [I64])
+    return b.call(malloc, [i64(8 * n_doubles)], name=name)
 
 
 def const_table(module: ir.Module, values, name: str) -> tuple:
@@ -66,6 +108,24 @@ def loop_over(b, fn, count: int, body, name: str) -> None:
     b.position_at_end(done)
 
 
+def loop_range(b: ir.IRBuilder, lo, hi, body, name: str = "i") -> None:
+    """``for i in range(lo, hi): body(b, i)`` at the builder's position, for bounds that
+    are IR values (skipped when ``lo >= hi``)."""
+    fn = b.function
+    head = b.block
+    loop = fn.append_basic_block(f"{name}.loop")
+    done = fn.append_basic_block(f"{name}.done")
+    b.cbranch(b.icmp_signed("<", lo, hi), loop, done)
+    b.position_at_end(loop)
+    i = b.phi(I64, name=name)
+    i.add_incoming(lo, head)
+    body(b, i)
+    nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next")
+    i.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, hi), loop, done)
+    b.position_at_end(done)
+
+
 def scratch_buffer(b: ir.IRBuilder, n_doubles: int, out_ptr, out_stride, n_out: int,
                    name: str = "buf") -> tuple:
     """(a buffer of ``n_doubles`` doubles, whether it is on the heap), emitted at the
@@ -75,10 +135,8 @@ def scratch_buffer(b: ir.IRBuilder, n_doubles: int, out_ptr, out_stride, n_out: 
     ``n_out`` outputs (``out[k * out_stride]``) and returns: a NaN result, not a crash."""
     if n_doubles <= KERNEL_STACK_DOUBLES:
         return b.alloca(DOUBLE, ir.Constant(I64, max(n_doubles, 1)), name=name), False
-    module, fn = b.module, b.function
-    malloc = module.globals.get("malloc") or ir.Function(
-        module, ir.FunctionType(PTR, [I64]), name="malloc")
-    buf = b.call(malloc, [ir.Constant(I64, 8 * n_doubles)], name=name)
+    fn = b.function
+    buf = heap_doubles(b, n_doubles, name)
     run, fail = fn.append_basic_block(f"{name}.ok"), fn.append_basic_block(f"{name}.nomem")
     b.cbranch(b.icmp_unsigned("!=", buf, ir.Constant(PTR, None)), run, fail)
     b.position_at_end(fail)
@@ -91,8 +149,5 @@ def scratch_buffer(b: ir.IRBuilder, n_doubles: int, out_ptr, out_stride, n_out: 
 
 
 def free_buffer(b: ir.IRBuilder, buf) -> None:
-    """Give back a heap buffer from ``scratch_buffer``."""
-    module = b.module
-    free = module.globals.get("free") or ir.Function(
-        module, ir.FunctionType(ir.VoidType(), [PTR]), name="free")
-    b.call(free, [buf])
+    """Give back a heap buffer from ``scratch_buffer`` or ``heap_doubles``."""
+    b.call(declare(b.module, "free", ir.VoidType(), [PTR]), [buf])

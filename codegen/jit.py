@@ -1,16 +1,20 @@
 """The one owner of LLVM state (trace -> graph -> ad -> lower -> **jit**).
 
 Holds the target machines (one per machine-code optimisation level, created once) and
-runs parse -> verify -> new-pass-manager pipeline -> MCJIT for each module. Each
+runs parse -> verify -> new-pass-manager pipeline -> MCJIT for each module
+(``compile_module``), or links object code from the disk cache (``load_module``). Each
 :class:`NativeModule` owns its own MCJIT engine, so native code is freed together with
-the compiled function that references it (no process-wide list that only grows).
+the compiled function that references it (no process-wide list that only grows). The
+symbols emitted code calls (CPython's C API, type objects) are made resolvable here
+(``add_symbol``).
 
 Optimisation levels. LLVM's machine-code generation dominates compile time and grows
 superlinearly with the size of one straight-line basic block (DESIGN.md, Known traps:
 50k instructions take 6.4 s at O1-O3 against 0.4 s at O0). ``choose_levels`` therefore
-picks the levels by the number of graph nodes: full O3 for ordinary functions, and for
-huge ones a cheap IR pipeline (O1) with the fast O0 instruction selector and register
-allocator, so compile time stays near linear.
+picks the levels by the size of what LLVM compiles: full O3 for ordinary functions, a
+cheap IR pipeline (O1) above ``MEDIUM_GRAPH_NODES``, and the fast O0 instruction
+selector and register allocator above ``LARGE_GRAPH_NODES``, so compile time stays near
+linear.
 """
 
 from __future__ import annotations
@@ -40,10 +44,13 @@ from symad.errors import CodegenError
 # 1.5x faster (Lennard-Jones 64 value+grad, 83k nodes: build 6.4 -> 16.5 s, call 24.6 ->
 # 14.0 us, batch 22.8 -> 14.7 us/point; JAX's jit needs ~25 s for Lennard-Jones 16).
 # IR O2 adds little there (opt 0.4 -> 6.1 s on Rosenbrock n=1000, same call time).
-# These levels now serve the batch entry only (compiled at its first use; single calls of
-# graphs above 2k nodes build at machine-code O0, see symad/compiled.py). Above 40k nodes
-# the batch entry drops to machine-code O0 too: Lennard-Jones 64 (83k nodes) compiled its
-# batch entry in 25 s at O1 against 5.3 s at O0, for 17 against 36 us/point.
+# These levels serve every kernel: the batch entry (by live nodes; compiled at its first
+# use) and the single-call kernel (by its emitted size: a rolled kernel's, or the live
+# nodes plus output stores), where "auto" also takes machine-code O0 above
+# compiled.FAST_BUILD_NODES (2k); an array-level function by its live nodes for both.
+# Above 40k nodes the batch entry drops to machine-code O0 too: Lennard-Jones 64 (83k
+# nodes) compiled its batch entry in 25 s at O1 against 5.3 s at O0, for 17 against
+# 36 us/point.
 MEDIUM_GRAPH_NODES = 10_000    # above: IR O1, machine code O1 (chunked)
 LARGE_GRAPH_NODES = 40_000     # above: IR O1, machine code O0 (cheapest linear build)
 

@@ -1,18 +1,26 @@
 """Graph -> LLVM IR (trace -> graph -> ad -> **lower** -> jit).
 
-One straight-line function evaluates every output of a graph at one point. Forward and
-adjoint nodes live in the same graph, so the gradient part reuses forward values as plain
-SSA registers. Nodes are lowered by iterating the topologically ordered live list with a
-``dict[Node, ir.Value]``; nothing recurses on graph depth. IR value names mirror node ids
-(``%v7`` is graph node ``%7``), so IR lines trace back to graph lines.
+``emit_kernel`` evaluates every output of a scalar graph at one point, in one of three
+forms: straight-line SSA code (up to ``CHUNK_NODES`` operations), ``noinline`` chunk
+functions called in turn for larger graphs (values crossing chunks pass through a scratch
+buffer), or, with a ``roll.Plan`` (``rolled_plan``), straight stretches and counted loops
+over the repeated ones (values read back live in a scratch buffer). In every form runs of
+outputs that are copies, inputs or constants are stored by small loops.
+``emit_vector_kernel`` and ``emit_rolled(width=4)`` do the same over four points at once
+for the batch entry. Forward and adjoint nodes live in the same graph, so the gradient
+part reuses forward values as plain SSA registers. Nodes are lowered by iterating the
+topologically ordered live list with a ``dict[Node, ir.Value]``; nothing recurses on
+graph depth. IR value names mirror node ids (``%v7`` is graph node ``%7``), so IR lines
+trace back to graph lines.
 
 The kernel's ABI::
 
     void NAME_kernel(const double* in, i64 in_stride, double* out, i64 out_stride)
 
 Input leaf ``j`` is read from ``in[j * in_stride]`` and output ``k`` written to
-``out[k * out_stride]``. A single point uses stride 1; the batch loop (``abi.py``) passes
-column-major buffers (stride N) so consecutive points are contiguous and vectorisable.
+``out[k * out_stride]``. A single point uses stride 1; the batch loop
+(``batch_entry.py``) passes column-major tiles (stride = the tile's points) so
+consecutive points are contiguous and vectorisable.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from symad.ops import (
     fastmath_flags,  # noqa: F401  (codegen.fastmath_flags)
 )
 
-from .builder import (  # noqa: F401  (DOUBLE, I64, PTR: codegen.abi and tests use them here)
+from .builder import (
     DOUBLE,
     I64,
     PTR,

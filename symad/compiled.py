@@ -47,25 +47,6 @@ from .persist import (
 )
 from .tree import tree_flatten, tree_unflatten
 
-
-def _expose_source_backend() -> None:
-    """Let ``symad.codegen`` resolve to the repository's ``codegen/`` in a source checkout.
-
-    The LLVM back end is installed as ``symad.codegen``: a top-level ``codegen`` package
-    would collide with an unrelated PyPI project. In a checkout it is the top-level
-    ``codegen/`` folder; adding the checkout to ``symad.__path__`` finds it there without
-    importing it (llvmlite loads only when something is compiled).
-    """
-    import symad
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if (os.path.isfile(os.path.join(checkout, "codegen", "__init__.py"))
-            and not os.path.isdir(os.path.join(symad.__path__[0], "codegen"))
-            and checkout not in symad.__path__):
-        symad.__path__.append(checkout)
-
-
-_expose_source_backend()
-
 _CACHE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> _Native
 _RECENT: collections.OrderedDict = collections.OrderedDict()  # strong refs, bounded LRU
 _RECENT_MAX = 64
@@ -132,9 +113,9 @@ class _Native:
     """
 
     def __init__(self, module, kernel_name: str, py_name: str | None, py_spec, build_batch):
-        from symad.codegen import abi
+        from symad.codegen import builder
         self.module = module
-        self.kernel = abi.KERNEL_PROTO(module.addresses[kernel_name])
+        self.kernel = builder.KERNEL_PROTO(module.addresses[kernel_name])
         self.py_address = module.addresses[py_name] if py_name else None
         self.py_name = py_name
         self.py_spec = py_spec
@@ -158,11 +139,11 @@ class _Native:
     def batch(self):
         fn = self._batch
         if fn is None:
-            from symad.codegen import abi
+            from symad.codegen import batch_entry
             with self._lock:
                 if self._batch is None:
                     self.batch_module, name, self.batch_buffer = self._build_batch()
-                    self._batch = abi.BATCH_PROTO(self.batch_module.addresses[name])
+                    self._batch = batch_entry.BATCH_PROTO(self.batch_module.addresses[name])
                     self._build_batch = None        # drop the graph it closed over
                 fn = self._batch
         return fn
@@ -281,8 +262,8 @@ def _size(shape) -> int:
 
 def _result_spec(treedef, shapes, start: int):
     """What the native entry returns: a nested tuple whose leaves are output indices
-    (floats) or ``abi.ArrayOut`` (arrays), when the tree is tuples of leaves; else None."""
-    from symad.codegen.abi import ArrayOut
+    (floats) or ``py_entry.ArrayOut`` (arrays), when the tree is tuples of leaves; else None."""
+    from symad.codegen.py_entry import ArrayOut
     stack = [treedef]
     while stack:
         td = stack.pop()
@@ -308,7 +289,7 @@ def _depth(spec) -> int:
     while stack:
         s, d = stack.pop()
         depth = max(depth, d)
-        if type(s) is tuple:        # (abi.ArrayOut, a tuple subclass, is a leaf)
+        if type(s) is tuple:        # (py_entry.ArrayOut, a tuple subclass, is a leaf)
             stack.extend((c, d + 1) for c in s)
     return depth
 
@@ -382,22 +363,22 @@ class _Specialization:
     def _entry_spec(self, spec):
         """``spec`` when the CPython fast-call entry can serve this signature (flat
         float/array arguments, at most ``MAX_ENTRY_DOUBLES`` inputs and outputs), else None."""
-        from symad.codegen.abi import MAX_ENTRY_DOUBLES
+        from symad.codegen.py_entry import MAX_ENTRY_DOUBLES
         flat_args = self.treedef == ("tuple", tuple(("leaf",) for _ in self.shapes))
         if not flat_args or self.n_in + self.n_out > MAX_ENTRY_DOUBLES:
             return None
         return spec if _depth(spec) <= MAX_ENTRY_DEPTH else None
 
     def _attach_fast_entry(self, owner: CompiledFunction) -> None:
-        from symad.codegen import abi
+        from symad.codegen import py_entry
         native = self.native
         # The entry object holds this list (so its method table and the engine running
         # its code): a call in flight outlives the specialization being evicted.
         self._keepalive: list = [native]
         if native.py_address is not None:
-            self.fast = abi.make_py_callable(native.py_address, owner.__name__,
-                                             owner._slow_call, native.py_spec,
-                                             self._keepalive)
+            self.fast = py_entry.make_py_callable(native.py_address, owner.__name__,
+                                                  owner._slow_call, native.py_spec,
+                                                  self._keepalive)
 
     # ---- staging: trace, AD, lower, JIT ----------------------------------------------
     def _build(self, owner: CompiledFunction, args: tuple, array_trace=None) -> None:
@@ -444,11 +425,11 @@ class _Specialization:
         self._build_native(owner, graph, outputs, self._entry_spec(spec), seconds, nodes)
 
     def _build_native(self, owner, graph, outputs, spec, seconds, nodes) -> None:
-        from symad.codegen import abi, jit, lower
+        from symad.codegen import batch_entry, builder, jit, lower, py_entry
 
         flags = lower.fastmath_flags(owner._fastmath)
         self._py_spec = spec     # kept for pickling: the restored copy emits the same entries
-        if not abi.fast_entry_supported():
+        if not py_entry.fast_entry_supported():
             spec = None
         live = self.n_nodes = len(graph.live(outputs))
         levels = jit.choose_levels(live, owner._opt_level)
@@ -486,11 +467,11 @@ class _Specialization:
             rolled_batch = plan is not None and live > ROLLED_BATCH_NODES
             body = _emit_body(lower, module, graph, outputs, f"{base}_kernel.body", flags,
                               owner.__name__, plan)
-            kernel = abi.emit_kernel_entry(module, body, f"{base}_kernel")
+            kernel = builder.emit_kernel_entry(module, body, f"{base}_kernel")
             py_name = None
             if spec is not None:
                 py_name = f"{base}_py"
-                abi.emit_py_entry(module, kernel, py_name, self.shapes, self.n_out, spec)
+                py_entry.emit_py_entry(module, kernel, py_name, self.shapes, self.n_out, spec)
             seconds["lowering"] = time.perf_counter() - t0
             symbols = [f"{base}_kernel"] + ([py_name] if py_name else [])
             logs.stage("llvm", f"{size} nodes, O{call_levels[0]} IR, O{call_levels[1]} "
@@ -519,8 +500,8 @@ class _Specialization:
                     vector = lower.emit_rolled(bmodule, bplan, outputs, f"{base}_kernel4",
                                                flags, width=4, vector_math=use_vector_math)
                     buffer = lower.rolled_buffer_doubles(bplan, 4)
-                    abi.emit_batch(bmodule, None, f"{base}_batch", *leaf_sizes, vector,
-                                   kernel_buffer=buffer)
+                    batch_entry.emit_batch(bmodule, None, f"{base}_batch", *leaf_sizes,
+                                           vector, kernel_buffer=buffer)
                     # the buffer size in the key: cached code must match this plan's
                     return compile_llvm(bmodule, [f"{base}_batch"],
                                         f"{key}:batch:{buffer}", call_levels,
@@ -538,7 +519,7 @@ class _Specialization:
                     vector = lower.emit_vector_kernel(bmodule, graph, outputs,
                                                       f"{base}_kernel4", flags,
                                                       vector_math=use_vector_math)
-                abi.emit_batch(bmodule, bbody, f"{base}_batch", *leaf_sizes, vector)
+                batch_entry.emit_batch(bmodule, bbody, f"{base}_batch", *leaf_sizes, vector)
                 return compile_llvm(bmodule, [f"{base}_batch"], key + ":batch", levels), \
                     f"{base}_batch", 0
 
@@ -749,7 +730,7 @@ class _Specialization:
                    out: list | None = None) -> list:
         """The flat output leaves, each of shape ``(n,) + leaf shape`` (``out``: the
         caller's arrays to write them to, already checked by ``check_out``)."""
-        from symad.codegen.abi import batch_scratch_doubles
+        from symad.codegen.batch_entry import batch_scratch_doubles
         # The native loop reads C-order float64 arrays in place (no copy when the caller's
         # arrays already are) and writes the result arrays directly.
         ins = [np.ascontiguousarray(leaf, dtype=np.float64) for leaf in leaves]
@@ -895,21 +876,21 @@ class _ArraySpecialization(_Specialization):
         live = len(graph.live(outputs))
         t2 = time.perf_counter()
         self.n_out = sum(o.size for o in outputs)
-        from symad.codegen import abi, jit, lower
         from symad.codegen import arrays as array_lower
+        from symad.codegen import builder, jit, lower, py_entry
         spec = self._py_spec = self._entry_spec(spec)
-        if not abi.fast_entry_supported():
+        if not py_entry.fast_entry_supported():
             spec = None
         flags = lower.fastmath_flags(owner._fastmath)
         levels = jit.choose_levels(live, owner._opt_level)
         base = f"symad_{_safe_name(owner.__name__)}"
         module = jit.new_module(base)
         body = array_lower.emit_kernel(module, graph, outputs, f"{base}_kernel.body", flags)
-        kernel = abi.emit_kernel_entry(module, body, f"{base}_kernel")
+        kernel = builder.emit_kernel_entry(module, body, f"{base}_kernel")
         py_name = None
         if spec is not None:
             py_name = f"{base}_py"
-            abi.emit_py_entry(module, kernel, py_name, self.shapes, self.n_out, spec)
+            py_entry.emit_py_entry(module, kernel, py_name, self.shapes, self.n_out, spec)
         t3 = time.perf_counter()
         symbols = [f"{base}_kernel"] + ([py_name] if py_name else [])
         # Its loops are written to be vectorised as they are: no unrolling, no SLP.
@@ -951,8 +932,8 @@ class _ArraySpecialization(_Specialization):
     def _array_batch(self):
         """The batch entry: the array graph over four points at once, one per vector
         lane, each point computed as a single call computes it."""
-        from symad.codegen import abi, jit, lower
         from symad.codegen import arrays as array_lower
+        from symad.codegen import batch_entry, jit, lower
         from symad.ops import OPS, Intrinsic, Libm
         graph, outputs, flags = self.array_graph, self.array_outputs, self._flags
         base = f"symad_{_safe_name(self._owner_name)}"
@@ -967,8 +948,8 @@ class _ArraySpecialization(_Specialization):
         # (at least one double: the kernel always takes its buffer argument)
         buffer = max(array_lower.buffer_doubles(graph, outputs, 4), 1)
         leaf_sizes = (tuple(self.sizes), tuple(_size(s) for s in self.out_leaf_shapes))
-        abi.emit_batch(module, None, f"{base}_batch", *leaf_sizes, kernel,
-                       kernel_buffer=buffer)
+        batch_entry.emit_batch(module, None, f"{base}_batch", *leaf_sizes, kernel,
+                               kernel_buffer=buffer)
         levels = self.native.batch_levels
         mod = jit.compile_module(module, [f"{base}_batch"], speed_level=levels[0],
                                  codegen_level=levels[1], unroll=False)

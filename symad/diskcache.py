@@ -13,12 +13,16 @@ object cache hook) plus the optimised IR text for ``f.optimized_ir``. A warm com
 still traces, differentiates and lowers (cheap), then links the cached object instead
 of running the optimisation pipeline and machine-code generation (the expensive part).
 
-The key is a SHA-256 over the graph's SSA text and every compile option (fast-math
-flags, optimisation levels, entry points) plus everything object code depends on:
-llvmlite and LLVM versions, target triple, host CPU name and features, the Python
-implementation and version (the fast entry uses CPython's object layout) and the cache
-format. Entries are written to a temporary file and renamed into place (``os.replace``),
-so readers never see a partial file, and concurrent writers of the same key are harmless.
+The key is a SHA-256 over the caller's content key and everything object code depends
+on: llvmlite and LLVM versions, target triple, host CPU name and features, the Python
+implementation and version (the fast entry uses CPython's object layout), symad's
+version and the cache format (``entry_key``). The content key is the one the in-memory
+cache uses: ``Graph.fingerprint`` (a hash of the live graph's rows, input names left
+out) with every compile option and what the entries bake in (fast-math flags,
+optimisation levels, result spec, argument and result shapes), plus which module it is
+(``:batch`` and a rolled batch kernel's buffer size for the batch entry). Entries are
+written to a temporary file and renamed into place (``os.replace``), so readers never see
+a partial file, and concurrent writers of the same key are harmless.
 
 Trust model. Loading an entry runs its machine code, so an entry must come from this
 user's own compiles:

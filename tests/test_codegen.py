@@ -1,4 +1,4 @@
-"""The LLVM back end against the numpy reference interpreter (lower -> jit -> abi)."""
+"""The LLVM back end against the numpy reference interpreter (lower -> jit -> entries)."""
 
 from __future__ import annotations
 
@@ -258,17 +258,17 @@ def test_batch_with_libm_calls_is_vectorised_and_bit_identical():
 def test_batch_beyond_the_cache_streams_results_bit_identically():
     # Calls writing more than STREAMING_OUT_DOUBLES results use non-temporal stores, for
     # short rows and for long rows (the 4x4 block copies) alike; same numbers either way.
-    from symad.codegen import abi
+    from symad.codegen import batch_entry
 
     def f(x, y):
         return np.sum(np.sin(x) * x[0]) + y * y
     g = symad.compile_grad(f)
-    n = abi.STREAMING_OUT_DOUBLES // 22 + 1003      # 22 results per point; a ragged tail
+    n = batch_entry.STREAMING_OUT_DOUBLES // 22 + 1003      # 22 results per point; a ragged tail
     rng = np.random.default_rng(9)
     xs, ys = rng.uniform(-1, 1, (n, 20)), rng.uniform(-1, 1, n)
     values, (gx, gy) = g.batch(xs, ys, threads=1)
     assert "movnt" in g.asm
-    step = abi.STREAMING_OUT_DOUBLES // 22 // 3     # calls small enough to write cached
+    step = batch_entry.STREAMING_OUT_DOUBLES // 22 // 3     # calls small enough to write cached
     for lo in range(0, n, step):
         v, (a, b) = g.batch(xs[lo:lo + step], ys[lo:lo + step], threads=1)
         np.testing.assert_array_equal(v, values[lo:lo + step])

@@ -1,4 +1,4 @@
-"""The native METH_FASTCALL entry (codegen/abi.py) with array arguments and results."""
+"""The native METH_FASTCALL entry (codegen/py_entry.py) with array arguments and results."""
 
 import sys
 

@@ -173,7 +173,7 @@ def _restore_raises(state, match):
 
 
 def test_result_spec_ranges_are_checked_against_the_outputs():
-    from symad.codegen.abi import ArrayOut
+    from symad.codegen.py_entry import ArrayOut
     state = _state_of(symad.compile(lambda m: np.cos(m) * m), np.ones((2, 3)))
     assert state["specs"][0]["py_spec"] == ArrayOut((0, (2, 3)))
     # in range by the old check (every int below n_out = 6) but copying 25 doubles from

@@ -190,8 +190,8 @@ def test_frames_stay_small_as_vectors_grow():
 def test_heap_buffers_give_the_stack_paths_results(monkeypatch):
     # Every buffer on the heap: the same numbers, for floats, arrays, several arguments
     # and results, and arguments the entry hands to the Python path.
-    from symad.codegen import abi, builder
-    monkeypatch.setattr(abi, "ENTRY_STACK_DOUBLES", 0)
+    from symad.codegen import builder, py_entry
+    monkeypatch.setattr(py_entry, "ENTRY_STACK_DOUBLES", 0)
     monkeypatch.setattr(builder, "KERNEL_STACK_DOUBLES", 0)
     x = np.linspace(-1.0, 1.0, 1500)
 
