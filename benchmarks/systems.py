@@ -118,9 +118,9 @@ def build_symad(p: Problem) -> Impl:
 
 def setup_symad():
     import scipy.special  # noqa: F401 (the problems' erf namespace: an import, not build)
-    from symad.codegen import batch_entry, jit, lower, py_entry, roll  # noqa: F401 (imports)
 
     import symad  # noqa: F401
+    from symad.codegen import batch_entry, jit, lower, py_entry, roll  # noqa: F401 (imports)
     jit._start()         # LLVM target start-up is not build time (as jax.devices() for JAX)
 
 

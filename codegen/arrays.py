@@ -19,7 +19,7 @@ one buffer).
 The single-point kernel has the scalar kernels' signature (``lower.py``) and is called
 with unit strides only (by the Python entry and ``CompiledFunction`` calls). The batch
 entry's kernel runs four points at once, one per vector lane, reading and writing the
-batch tile (``abi.emit_batch``); there sums run in their operand's loop (``plan(...,
+batch tile (``batch_entry.emit_batch``); there sums run in their operand's loop (``plan(...,
 fuse=True)``): the lanes are its vectors, and a fused loop stores less.
 """
 
@@ -33,10 +33,8 @@ from llvmlite import ir
 from symad.graph import Graph, Node
 from symad.ops import OPS
 
-from .builder import DOUBLE, I64, PTR, const_table, free_buffer, kernel_fn, scratch_buffer
+from .builder import DOUBLE, I32, I64, PTR, const_table, free_buffer, kernel_fn, scratch_buffer
 from .lower import lower_node
-
-I32 = ir.IntType(32)
 
 
 class _Group:

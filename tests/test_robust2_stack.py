@@ -310,9 +310,8 @@ def test_repeated_outputs_are_loops(scalar_graphs):
 def test_chunked_kernel_stores_constant_and_repeated_outputs_by_loops(monkeypatch):
     # Straight code split into chunks (small chunks here, so the graph stays small): the
     # gradient's 3,000 zeros, and the value listed many times, are loops in its entry.
-    from symad.codegen import lower
-
     from symad import compiled
+    from symad.codegen import lower
     monkeypatch.setattr(lower, "CHUNK_NODES", 200)
     monkeypatch.setattr(compiled, "ROLL_MIN_NODES", 10**12)
 
