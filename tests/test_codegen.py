@@ -428,7 +428,9 @@ def test_threads_call_concurrently():
 
 def test_large_graph_uses_cheap_codegen():
     from symad.codegen import jit
-    assert jit.choose_levels(jit.LARGE_GRAPH_NODES + 1, "auto") == (1, 0)
+
+    from symad import policy
+    assert jit.choose_levels(policy.LARGE_GRAPH_NODES + 1, "auto") == (1, 0)
     assert jit.choose_levels(100, "auto") == (3, 3)
     f = symad.compile_grad(rosen, opt_level=0)
     x = np.linspace(-1, 1, 5)
@@ -448,8 +450,8 @@ def test_symad_ad_imports_without_llvmlite():
 
 def test_chunked_kernel_for_big_graphs(monkeypatch):
     # Big graphs are split into chunk functions; force it on a small graph.
-    from symad.codegen import lower
-    monkeypatch.setattr(lower, "CHUNK_NODES", 7)
+    from symad import policy
+    monkeypatch.setattr(policy, "CHUNK_NODES", 7)
     f = symad.compile_grad(rosen, opt_level=(1, 0))
     x = np.random.default_rng(5).uniform(-2, 2, 20)
     value, grad = f(x)

@@ -1,0 +1,211 @@
+"""Which kernel a compiled call gets, and every threshold behind it, in one place
+(trace -> graph -> ad -> **policy** -> lower -> jit).
+
+A specialization runs one of four single-call kernels, and its batch entry one of four
+batch kernels:
+
+- ``"array"``: loops over the array-level graph (``symad.arrays``, ``codegen/arrays.py``);
+  its batch runs four points at once, one per vector lane;
+- ``"rolled"``: the scalar graph with its repeated stretches as loops (``codegen/roll.py``);
+  its batch is rolled too (four points per call) above ``ROLLED_BATCH_NODES``;
+- ``"chunked"``: straight-line scalar code split into functions of ``CHUNK_NODES``;
+- ``"straight"``: one straight-line function.
+
+The batch of a scalar kernel that is not rolled is ``"vector"`` (the kernel inlined into
+the batch loop plus a four-lane copy, for graphs that call libm or vector math) or
+``"inlined"`` (the kernel inlined into the batch loop, which LLVM vectorises).
+
+:func:`choose_kernel` makes that choice from counts the caller passes and returns a
+:class:`KernelPlan`; ``f.stats["kernel"]`` reports it. Every threshold is defined here
+once, with one line of why; the measurements behind them are in DECISIONS.md, keyed by
+the constant's name. The back end (``codegen``) reads them from here, so a test changes
+one with ``monkeypatch.setattr(policy, NAME, value)``. This module imports neither the
+back end nor llvmlite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ---- the array level ---------------------------------------------------------------
+# Tracing, AD and lowering per numpy operation instead of per element pays once a
+# program computes this many elements (the traced function; see DECISIONS.md).
+ARRAY_MIN_ELEMENTS = 400
+# ... and this many per numpy operation on average: shorter loops lose to scalar code.
+ARRAY_MIN_LENGTH = 20
+
+# ---- loops in scalar code (codegen/roll.py) ----------------------------------------------
+# Graphs up to this many live nodes are never rolled: straight code runs faster and
+# already builds cheaply.
+ROLL_MIN_NODES = 1_000
+# Roll only when that shrinks the emitted code this many times: a rolled value costs a
+# buffer store and loads where straight code keeps it in a register.
+ROLL_MIN_GAIN = 4
+# The batch entry is rolled too (four points per call) above this many live nodes, where
+# straight code would be chunked and run point by point.
+ROLLED_BATCH_NODES = 10_000
+# A loop needs this many iterations and body nodes to pay for its counter and buffer.
+ROLL_MIN_TRIPS = 4
+ROLL_MIN_BODY_NODES = 24
+# The longest repeating period looked for (a search cost linear in it).
+ROLL_MAX_PERIOD = 48
+# Among the schedules' plans, code up to this many times the smallest competes on work.
+ROLL_LARGER = 3
+
+# ---- straight-line code ----------------------------------------------------------------
+# Above this many computing nodes a kernel is split into chunk functions: LLVM's machine
+# code time grows superlinearly in the size of one basic block.
+CHUNK_NODES = 10_000
+
+# ---- optimisation levels (with opt_level="auto") ----------------------------------------
+# Above this many live nodes the single-call kernel gets machine code at O0: register
+# allocation at O1+ dominates the build of long straight-line kernels.
+FAST_BUILD_NODES = 2_000
+# Above this many live nodes: IR O1 and machine code O1 (the kernel is chunked).
+MEDIUM_GRAPH_NODES = 10_000
+# Above this many: IR O1 and machine code O0, the cheapest build that stays linear.
+LARGE_GRAPH_NODES = 40_000
+
+# ---- scratch memory ------------------------------------------------------------------
+# A kernel keeps its scratch buffer on the stack up to this many doubles (16 KiB), on the
+# heap above, so a call needs well under a small thread stack of 64 KiB.
+KERNEL_STACK_DOUBLES = 2_048
+# TODO(issue 15, lead): codegen/abi.py still defines its own two thresholds, move them
+# here once its split into two modules has landed (it was not to be edited meanwhile):
+#   ENTRY_STACK_DOUBLES = 1_024          the Python entry's buffers on the stack (8 KiB)
+#   STREAMING_OUT_DOUBLES = 2 * 1024**2  batch results above: streaming stores
+# and so do two modules the graph merge rewrites: symad/arrays.py SMALL_REDUCTION and
+# codegen/arrays.py REDUCTION_BUDGET.
+
+# ---- batches -----------------------------------------------------------------------------
+# ``threads=None`` splits a batch over the cores from this many point x node evaluations
+# on: below, handing chunks to a thread pool costs more than it saves.
+AUTO_THREADS_WORK = 10_000_000
+
+KINDS = ("array", "rolled", "chunked", "straight")
+BATCH_KINDS = ("array", "rolled", "vector", "inlined")
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """The kernels of one specialization and why (``f.stats["kernel"]``).
+
+    Attributes:
+        kind: the single-call kernel, one of ``KINDS``.
+        batch: the batch kernel, one of ``BATCH_KINDS``.
+        levels: (IR, machine code) optimisation levels of the single-call entry.
+        batch_levels: the same for the batch entry.
+        reason: why, in words, with the counts and the thresholds that decided.
+    """
+    kind: str
+    batch: str
+    levels: tuple[int, int]
+    batch_levels: tuple[int, int]
+    reason: str
+
+    def stats(self) -> dict:
+        """The plan as ``f.stats["kernel"]`` shows it."""
+        return {"kind": self.kind, "batch": self.batch, "levels": self.levels,
+                "batch_levels": self.batch_levels, "reason": self.reason}
+
+
+def choose_levels(n_nodes: int, opt_level) -> tuple[int, int]:
+    """(IR speed level, machine-code level) for a kernel of ``n_nodes`` live nodes:
+    ``opt_level`` itself (0..3 or a pair), or with ``"auto"``/None by the graph's size."""
+    if opt_level in (None, "auto"):
+        if n_nodes > LARGE_GRAPH_NODES:
+            return 1, 0
+        return (1, 1) if n_nodes > MEDIUM_GRAPH_NODES else (3, 3)
+    levels = opt_level if isinstance(opt_level, tuple) else (opt_level, opt_level)
+    if len(levels) != 2 or any(lv not in (0, 1, 2, 3) for lv in levels):
+        raise ValueError(f"opt_level must be 0..3, a pair (IR level, machine-code level) "
+                         f"or 'auto', not {opt_level!r}")
+    return levels
+
+
+def array_level_declines(elements: int, n_ops: int) -> str | None:
+    """Why a traced array program of ``elements`` computed elements in ``n_ops`` numpy
+    operations stays on the scalar graph, or None when the array level takes it."""
+    if elements < ARRAY_MIN_ELEMENTS:
+        return f"{elements} elements < ARRAY_MIN_ELEMENTS = {ARRAY_MIN_ELEMENTS}"
+    if elements < ARRAY_MIN_LENGTH * n_ops:
+        return (f"{elements} elements in {n_ops} operations: < ARRAY_MIN_LENGTH = "
+                f"{ARRAY_MIN_LENGTH} per operation")
+    return None
+
+
+def tries_rolling(live: int) -> bool:
+    """Is a graph of ``live`` nodes big enough to look for loops in (``roll.plan``)?"""
+    return live > ROLL_MIN_NODES
+
+
+def rolling_pays(rolled_size: int, straight_size: int) -> bool:
+    """Does a rolled kernel of ``rolled_size`` emitted nodes shrink straight code of
+    ``straight_size`` nodes enough (``ROLL_MIN_GAIN``)?"""
+    return rolled_size * ROLL_MIN_GAIN <= straight_size
+
+
+def choose_kernel(*, live: int, opt_level="auto", array_elements: int | None = None,
+                  ops: int | None = None, straight_size: int | None = None,
+                  rolled_size: int | None = None, batch_vector: bool = False,
+                  why: str = "") -> KernelPlan:
+    """The kernels of a specialization, from counts alone.
+
+    Args:
+        live: live nodes of the graph compiled (after AD for ``compile_grad``).
+        opt_level: the function's ``opt_level`` option.
+        array_elements: for an array-level graph (``array_level_declines`` said yes),
+            the elements it computes; None for a scalar graph.
+        ops: computing nodes of a scalar graph (``live`` less inputs and constants).
+        straight_size: what LLVM compiles for straight code: the live nodes plus the
+            output stores that are not nodes (default ``live``).
+        rolled_size: the emitted size of the loop plan when one was found and pays
+            (``tries_rolling`` and ``rolling_pays``), else None.
+        batch_vector: the graph calls libm, or vector math under fast-math: its batch
+            gets a four-lane copy of the kernel when small enough.
+        why: what came before, e.g. why the array level declined.
+
+    Returns:
+        A :class:`KernelPlan`.
+    """
+    before = f"{why}; " if why else ""
+    if array_elements is not None:
+        levels = choose_levels(live, opt_level)
+        return KernelPlan("array", "array", levels, levels,
+                          f"{before}array level: {array_elements} elements >= "
+                          f"ARRAY_MIN_ELEMENTS, >= ARRAY_MIN_LENGTH per operation")
+    size = straight_size if straight_size is not None else live
+    ops = live if ops is None else ops
+    if rolled_size is not None:
+        size = rolled_size
+        kind = "rolled"
+        reason = f"rolled: {live} live nodes > ROLL_MIN_NODES, code {rolled_size} nodes"
+    elif tries_rolling(live):
+        kind = "chunked" if ops > CHUNK_NODES else "straight"
+        reason = (f"{kind}: {live} live nodes > ROLL_MIN_NODES but loops shrink the code "
+                  f"less than ROLL_MIN_GAIN = {ROLL_MIN_GAIN} times")
+    else:
+        kind = "chunked" if ops > CHUNK_NODES else "straight"
+        reason = f"{kind}: {live} live nodes <= ROLL_MIN_NODES = {ROLL_MIN_NODES}"
+    levels = choose_levels(size, opt_level)
+    if opt_level in (None, "auto") and size > FAST_BUILD_NODES:
+        levels = (levels[0], 0)
+        reason += f"; machine code O0: {size} nodes > FAST_BUILD_NODES"
+    if kind == "rolled" and live > ROLLED_BATCH_NODES:
+        return KernelPlan(kind, "rolled", levels, levels,
+                          f"{before}{reason}; batch rolled: > ROLLED_BATCH_NODES")
+    batch = "vector" if batch_vector and live <= CHUNK_NODES else "inlined"
+    return KernelPlan(kind, batch, levels, choose_levels(live, opt_level),
+                      before + reason)
+
+
+def batch_chunks(n: int, work_per_point: int, threads) -> int:
+    """How many parts a batch of ``n`` points runs in (``threads``: the ``batch`` option;
+    None splits over up to 8 cores from ``AUTO_THREADS_WORK`` evaluations on)."""
+    if threads is None:
+        if n * work_per_point < AUTO_THREADS_WORK:
+            return 1
+        import os
+        threads = min(os.cpu_count() or 1, 8)
+    threads = int(threads)
+    return 1 if threads <= 1 or n < 2 * threads else threads
