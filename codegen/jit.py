@@ -7,7 +7,7 @@ the compiled function that references it (no process-wide list that only grows).
 
 Optimisation levels. LLVM's machine-code generation dominates compile time and grows
 superlinearly with the size of one straight-line basic block (DESIGN.md, Known traps:
-50k instructions take 6.4 s at O1-O3 against 0.4 s at O0). ``choose_levels`` therefore
+50k instructions take 6.4 s at O1-O3 against 0.4 s at O0). ``symad.policy.choose_levels``
 picks the levels by the number of graph nodes: full O3 for ordinary functions, and for
 huge ones a cheap IR pipeline (O1) with the fast O0 instruction selector and register
 allocator, so compile time stays near linear.

@@ -229,11 +229,10 @@ def batch_plan(graph: Graph, outputs: Sequence[Node], single: Plan) -> Plan:
     large, the plan of ``contributions_first_schedule``, which fuses the reverse pass per
     element.
 
-    A single call runs that plan slower than value-first (Lennard-Jones 64: 12.7 against
-    11.6 us), whose separate elementwise loops LLVM vectorises across iterations; the
-    batch kernel is already vectorised across points and gains from the fusion (0.155
-    -> 0.24 M points/s). One schedule more, not ``plan``'s three again: the batch is
-    planned at its first call, and planning costs ~4-8 us per node."""
+    A single call runs that plan slower than value-first, whose separate elementwise
+    loops LLVM vectorises across iterations; the batch kernel is already vectorised
+    across points and gains from the fusion (DECISIONS.md, ROLL_LARGER). One schedule
+    more, not ``plan``'s three again: the batch is planned at its first call."""
     if not getattr(graph, "accumulations", None):
         return single
     fused = plan_schedule(graph, contributions_first_schedule(graph, outputs), outputs)

@@ -123,14 +123,14 @@ def choose_levels(n_nodes: int, opt_level) -> tuple[int, int]:
     return levels
 
 
-def array_level_declines(elements: int, n_ops: int) -> str | None:
-    """Why a traced array program of ``elements`` computed elements in ``n_ops`` numpy
-    operations stays on the scalar graph, or None when the array level takes it."""
+def array_level_declines(elements: int, n_nodes: int) -> str | None:
+    """Why a traced array program that computes ``elements`` elements in ``n_nodes``
+    live array nodes stays on the scalar graph, or None when the array level takes it."""
     if elements < ARRAY_MIN_ELEMENTS:
         return f"{elements} elements < ARRAY_MIN_ELEMENTS = {ARRAY_MIN_ELEMENTS}"
-    if elements < ARRAY_MIN_LENGTH * n_ops:
-        return (f"{elements} elements in {n_ops} operations: < ARRAY_MIN_LENGTH = "
-                f"{ARRAY_MIN_LENGTH} per operation")
+    if elements < ARRAY_MIN_LENGTH * n_nodes:
+        return (f"{elements} elements in {n_nodes} nodes: < ARRAY_MIN_LENGTH = "
+                f"{ARRAY_MIN_LENGTH} per node")
     return None
 
 
@@ -145,58 +145,67 @@ def rolling_pays(rolled_size: int, straight_size: int) -> bool:
     return rolled_size * ROLL_MIN_GAIN <= straight_size
 
 
-def choose_kernel(*, live: int, opt_level="auto", array_elements: int | None = None,
+def choose_kernel(*, live: int, opt_level="auto", array: tuple[int, int] | None = None,
                   ops: int | None = None, straight_size: int | None = None,
-                  rolled_size: int | None = None, batch_vector: bool = False,
-                  why: str = "") -> KernelPlan:
+                  rolled_size: int | None = None, calls_libm: bool = False,
+                  fast_vector_math: bool = False) -> KernelPlan:
     """The kernels of a specialization, from counts alone.
 
     Args:
         live: live nodes of the graph compiled (after AD for ``compile_grad``).
         opt_level: the function's ``opt_level`` option.
-        array_elements: for an array-level graph (``array_level_declines`` said yes),
-            the elements it computes; None for a scalar graph.
-        ops: computing nodes of a scalar graph (``live`` less inputs and constants).
+        array: for an array-level graph (``array_level_declines`` took it), the
+            (elements, live nodes) of the traced function; None for a scalar graph.
+        ops: computing nodes of a scalar graph (``live`` less inputs and constants;
+            default ``live``).
         straight_size: what LLVM compiles for straight code: the live nodes plus the
             output stores that are not nodes (default ``live``).
         rolled_size: the emitted size of the loop plan when one was found and pays
             (``tries_rolling`` and ``rolling_pays``), else None.
-        batch_vector: the graph calls libm, or vector math under fast-math: its batch
-            gets a four-lane copy of the kernel when small enough.
-        why: what came before, e.g. why the array level declined.
+        calls_libm: the graph calls a libm function LLVM cannot vectorise (tanh, erf...).
+        fast_vector_math: the fast-math flags allow vector math (``afn`` or ``fast``).
 
     Returns:
         A :class:`KernelPlan`.
     """
-    before = f"{why}; " if why else ""
-    if array_elements is not None:
+    if array is not None:
         levels = choose_levels(live, opt_level)
+        elements, n_nodes = array
         return KernelPlan("array", "array", levels, levels,
-                          f"{before}array level: {array_elements} elements >= "
-                          f"ARRAY_MIN_ELEMENTS, >= ARRAY_MIN_LENGTH per operation")
+                          f"array level: {elements} elements >= ARRAY_MIN_ELEMENTS = "
+                          f"{ARRAY_MIN_ELEMENTS}, {elements // max(n_nodes, 1)} per node "
+                          f">= ARRAY_MIN_LENGTH = {ARRAY_MIN_LENGTH}")
     size = straight_size if straight_size is not None else live
     ops = live if ops is None else ops
     if rolled_size is not None:
-        size = rolled_size
-        kind = "rolled"
-        reason = f"rolled: {live} live nodes > ROLL_MIN_NODES, code {rolled_size} nodes"
-    elif tries_rolling(live):
-        kind = "chunked" if ops > CHUNK_NODES else "straight"
-        reason = (f"{kind}: {live} live nodes > ROLL_MIN_NODES but loops shrink the code "
-                  f"less than ROLL_MIN_GAIN = {ROLL_MIN_GAIN} times")
+        size, kind = rolled_size, "rolled"
+        reason = f"rolled: {live} live nodes > ROLL_MIN_NODES, loops emit {rolled_size}"
     else:
         kind = "chunked" if ops > CHUNK_NODES else "straight"
-        reason = f"{kind}: {live} live nodes <= ROLL_MIN_NODES = {ROLL_MIN_NODES}"
+        if tries_rolling(live):
+            reason = (f"{kind}: {live} live nodes > ROLL_MIN_NODES but loops shrink the "
+                      f"code less than ROLL_MIN_GAIN = {ROLL_MIN_GAIN} times")
+        else:
+            reason = f"{kind}: {live} live nodes <= ROLL_MIN_NODES = {ROLL_MIN_NODES}"
+        if kind == "chunked":
+            reason += f", {ops} ops > CHUNK_NODES = {CHUNK_NODES}"
     levels = choose_levels(size, opt_level)
     if opt_level in (None, "auto") and size > FAST_BUILD_NODES:
         levels = (levels[0], 0)
-        reason += f"; machine code O0: {size} nodes > FAST_BUILD_NODES"
+        reason += f"; machine code O0: {size} nodes > FAST_BUILD_NODES = {FAST_BUILD_NODES}"
     if kind == "rolled" and live > ROLLED_BATCH_NODES:
         return KernelPlan(kind, "rolled", levels, levels,
-                          f"{before}{reason}; batch rolled: > ROLLED_BATCH_NODES")
-    batch = "vector" if batch_vector and live <= CHUNK_NODES else "inlined"
-    return KernelPlan(kind, batch, levels, choose_levels(live, opt_level),
-                      before + reason)
+                          f"{reason}; batch rolled: > ROLLED_BATCH_NODES = "
+                          f"{ROLLED_BATCH_NODES}")
+    batch = "inlined"
+    if live <= CHUNK_NODES and calls_libm:
+        batch = "vector"
+        reason += "; batch vector: calls libm"
+    elif live <= CHUNK_NODES and fast_vector_math:
+        # where glibc's libmvec cannot be loaded, the batch is "inlined" after all
+        batch = "vector"
+        reason += "; batch vector: fast-math vector math (libmvec)"
+    return KernelPlan(kind, batch, levels, choose_levels(live, opt_level), reason)
 
 
 def batch_chunks(n: int, work_per_point: int, threads) -> int:

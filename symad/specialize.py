@@ -312,7 +312,7 @@ def _scalar_kernels(graph, outputs, live: int, flags, opts: CompileOptions, key:
     kplan = policy.choose_kernel(
         live=live, opt_level=opts.opt_level, ops=ops, straight_size=straight,
         rolled_size=plan.emitted_size() if plan is not None else None,
-        batch_vector=libm or _fast_vector_math(flags))
+        calls_libm=libm, fast_vector_math=_fast_vector_math(flags))
     rolled = None
     if plan is not None:
         rolled = {"loops": sum(1 for s in plan.segments if not isinstance(s, range)),
@@ -718,11 +718,13 @@ class ArraySpecialization(Specialization):
             self.out_tree, self.out_shapes = tr.out_tree, tr.out_shapes
             spec = result_spec(tr.out_tree, tr.out_shapes, 0)
         self._compile_arrays(opts, graph, outputs, spec, tr.elements(outputs), (t0, t1),
-                             len(graph.live(tr.outputs)))
+                             (tr.elements(tr.outputs), len(graph.live(tr.outputs))))
         return self, ""
 
     def _compile_arrays(self, opts: CompileOptions, graph, outputs, spec, elements: int,
-                        times: tuple, traced_nodes: int) -> None:
+                        times: tuple, traced: tuple[int, int]) -> None:
+        """Compile the array graph's ``outputs`` (``elements``: what they compute;
+        ``traced``: elements and nodes of the traced function)."""
         from symad.codegen import abi, lower
         t0, t1 = times
         live = len(graph.live(outputs))
@@ -733,14 +735,14 @@ class ArraySpecialization(Specialization):
             spec = None
         flags = lower.fastmath_flags(opts.fastmath)
         kplan = policy.choose_kernel(live=live, opt_level=opts.opt_level,
-                                     array_elements=elements)
+                                     array=traced)
         self.n_nodes = elements          # the work per point, for splitting batches
         leaf_sizes = (tuple(self.sizes), tuple(size_of(s) for s in self.out_leaf_shapes))
         build(self, opts, functools.partial(_array_kernels, graph, outputs, flags, kplan,
                                             elements, leaf_sizes),
               key=None, flags=flags, py_spec=spec,
               seconds={"trace": t1 - t0, "ad": t2 - t1},
-              nodes={"trace": traced_nodes, "ad": live, "elements": elements},
+              nodes={"trace": traced[1], "ad": live, "elements": elements},
               extra_stats={"array_level": True})
         self.array_graph, self.array_outputs = graph, outputs
 
