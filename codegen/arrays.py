@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from llvmlite import ir
 
+from symad import policy
 from symad.graph import Graph, Node
 from symad.ops import OPS
 
@@ -63,14 +64,9 @@ def _view_of(n: Node) -> Node | None:
     return None
 
 
-# Ops cheap enough to recompute inside a reduction loop, whose sequential additions leave
-# the core idle most of each step (an addition every 4 cycles, room for ~16 instructions).
-# A loop of sums has REDUCTION_BUDGET of them less 3 per sum it runs: Rosenbrock 1000
-# computes its terms in the loop that adds them (1.90 instead of 2.02 us), as a
-# hand-written loop would; Lennard-Jones's seven sums per pair leave no room (its loop
-# would recompute the forces: 11.6 -> 14.6 us).
+# Ops a reduction loop may recompute (its additions leave the core idle; see
+# policy.REDUCTION_BUDGET and DECISIONS.md).
 _CHEAP = frozenset(name for name, row in OPS.items() if row.cheap)
-REDUCTION_BUDGET = 15
 
 
 def _cone(n: Node, limit: int) -> tuple[list, list]:
@@ -114,7 +110,7 @@ def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False):
     for n in live:
         if _reduces(n):
             d = n.args[0].size
-            budget[d] = budget.get(d, REDUCTION_BUDGET) - 3
+            budget[d] = budget.get(d, policy.REDUCTION_BUDGET) - 3
     for n in live if not fuse else ():
         if _reduces(n):
             d = n.args[0].size

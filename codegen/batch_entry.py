@@ -18,15 +18,14 @@ import ctypes
 
 from llvmlite import ir
 
+from symad import policy
+
 from .builder import DOUBLE, I32, I64, PTR, loop_range
 
 BATCH_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                ctypes.c_int64, ctypes.c_void_p)
 
 
-# Batch calls writing more result doubles than this (16 MiB, half this machine's L3)
-# write them with streaming stores.
-STREAMING_OUT_DOUBLES = 2 * 1024 * 1024
 
 
 def batch_tile(n_in: int, n_out: int) -> int:
@@ -189,7 +188,7 @@ def emit_batch(module: ir.Module, kernel: ir.Function | None, name: str, in_size
     # Results far larger than the cache are written with streaming stores: an ordinary
     # store first reads the line it writes (read for ownership), a third more traffic.
     streaming = b.icmp_signed(">", b.mul(b.sub(end, start), ir.Constant(I64, n_out)),
-                              ir.Constant(I64, STREAMING_OUT_DOUBLES), name="streaming")
+                              ir.Constant(I64, policy.STREAMING_OUT_DOUBLES), name="streaming")
     # Tiles: i0 = start, start + tile, ... (the loop counter counts tiles).
     n_tiles = b.sdiv(b.add(b.sub(end, start), ir.Constant(I64, tile - 1)), t)
 

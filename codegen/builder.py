@@ -12,6 +12,8 @@ import ctypes
 import numpy as np
 from llvmlite import ir
 
+from symad import policy
+
 DOUBLE = ir.DoubleType()
 I8 = ir.IntType(8)
 I32 = ir.IntType(32)
@@ -22,13 +24,7 @@ PTR = ir.PointerType()
 KERNEL_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                                 ctypes.c_int64)
 
-# Kernels keep a scratch buffer (a rolled kernel's values, the values crossing chunks, an
-# array kernel's buffers) on the stack up to this many doubles (16 KiB), on the heap above
-# (``scratch_buffer``). The Python entry keeps at most py_entry.ENTRY_STACK_DOUBLES (8 KiB) more
-# there, so a call needs well under 64 KiB of stack whatever the graph (threads may have
-# small stacks). 16 KiB, not 8: the tanh network's rolled kernel (1,683 values, a 2.7 us
-# call) paid ~0.1 us for malloc and free at 8; a kernel with more values runs longer.
-KERNEL_STACK_DOUBLES = 2_048
+# Scratch up to policy.KERNEL_STACK_DOUBLES stays on the stack (symad/policy.py).
 
 
 def kernel_fn(module, name, extra=()):
@@ -130,10 +126,10 @@ def scratch_buffer(b: ir.IRBuilder, n_doubles: int, out_ptr, out_stride, n_out: 
                    name: str = "buf") -> tuple:
     """(a buffer of ``n_doubles`` doubles, whether it is on the heap), emitted at the
     builder's position in a kernel's entry block: on the stack up to
-    ``KERNEL_STACK_DOUBLES``, else from malloc, which the kernel gives back with
+    ``policy.KERNEL_STACK_DOUBLES``, else from malloc, which the kernel gives back with
     ``free_buffer`` before it returns. Without memory the kernel writes NaN to its
     ``n_out`` outputs (``out[k * out_stride]``) and returns: a NaN result, not a crash."""
-    if n_doubles <= KERNEL_STACK_DOUBLES:
+    if n_doubles <= policy.KERNEL_STACK_DOUBLES:
         return b.alloca(DOUBLE, ir.Constant(I64, max(n_doubles, 1)), name=name), False
     fn = b.function
     buf = heap_doubles(b, n_doubles, name)

@@ -10,11 +10,11 @@ symbols emitted code calls (CPython's C API, type objects) are made resolvable h
 
 Optimisation levels. LLVM's machine-code generation dominates compile time and grows
 superlinearly with the size of one straight-line basic block (DESIGN.md, Known traps:
-50k instructions take 6.4 s at O1-O3 against 0.4 s at O0). ``choose_levels`` therefore
-picks the levels by the size of what LLVM compiles: full O3 for ordinary functions, a
-cheap IR pipeline (O1) above ``MEDIUM_GRAPH_NODES``, and the fast O0 instruction
-selector and register allocator above ``LARGE_GRAPH_NODES``, so compile time stays near
-linear.
+50k instructions take 6.4 s at O1-O3 against 0.4 s at O0). ``symad.policy.choose_levels``
+picks the levels of every kernel by the size of what LLVM compiles: full O3 for ordinary
+functions, a cheap IR pipeline (O1) above ``MEDIUM_GRAPH_NODES``, and the fast O0
+instruction selector and register allocator above ``LARGE_GRAPH_NODES``, so compile time
+stays near linear.
 """
 
 from __future__ import annotations
@@ -32,27 +32,10 @@ from llvmlite import ir
 from llvmlite.binding import ffi
 
 from symad.errors import CodegenError
+from symad.policy import choose_levels  # noqa: F401 (the back end's name for it)
 
-# Levels by live graph node count (see the module docstring). Measured on Rosenbrock
-# n=1000 value+grad (18k nodes, one basic block, 2-core x86-64): O3/O3 5.3 s to compile,
-# IR O2 + machine code O1 3.8 s, IR O1 + machine code O0 0.6 s (call 6-15 us either way).
-# Up to 10k nodes full O3 pays (the kernel is also inlined into the batch loop and
-# vectorised there): Rosenbrock n=1000 value (9k nodes) builds in 3.5-4.9 s at O3/O3 in
-# one function against 7.8 s at O2/O1 in 4k-node chunks, and calls in 2.0 vs 2.6 us.
-# Above 10k nodes kernels are split into chunk functions (lower.CHUNK_NODES), so machine
-# code time is linear in the graph at any level; O1 then costs ~2.5x O0 to build and runs
-# 1.5x faster (Lennard-Jones 64 value+grad, 83k nodes: build 6.4 -> 16.5 s, call 24.6 ->
-# 14.0 us, batch 22.8 -> 14.7 us/point; JAX's jit needs ~25 s for Lennard-Jones 16).
-# IR O2 adds little there (opt 0.4 -> 6.1 s on Rosenbrock n=1000, same call time).
-# These levels serve every kernel: the batch entry (by live nodes; compiled at its first
-# use) and the single-call kernel (by its emitted size: a rolled kernel's, or the live
-# nodes plus output stores), where "auto" also takes machine-code O0 above
-# compiled.FAST_BUILD_NODES (2k); an array-level function by its live nodes for both.
-# Above 40k nodes the batch entry drops to machine-code O0 too: Lennard-Jones 64 (83k
-# nodes) compiled its batch entry in 25 s at O1 against 5.3 s at O0, for 17 against
-# 36 us/point.
-MEDIUM_GRAPH_NODES = 10_000    # above: IR O1, machine code O1 (chunked)
-LARGE_GRAPH_NODES = 40_000     # above: IR O1, machine code O0 (cheapest linear build)
+# The levels by graph size (MEDIUM_GRAPH_NODES, LARGE_GRAPH_NODES) are chosen in
+# symad/policy.py (choose_levels, re-exported here); see DECISIONS.md.
 
 # Held around symad's LLVM work (module compiles and loads, target set-up, symbols):
 # this module is the one owner of LLVM state, and a fork waits on this lock (below).
@@ -185,19 +168,6 @@ def vector_math_available(symbols) -> bool:
             if not _VECTOR_MATH[sym]:
                 return False
         return True
-
-
-def choose_levels(n_nodes: int, opt_level) -> tuple[int, int]:
-    """(IR speed level, machine-code level) for a graph of ``n_nodes`` live nodes."""
-    if opt_level in (None, "auto"):
-        if n_nodes > LARGE_GRAPH_NODES:
-            return 1, 0
-        return (1, 1) if n_nodes > MEDIUM_GRAPH_NODES else (3, 3)
-    levels = opt_level if isinstance(opt_level, tuple) else (opt_level, opt_level)
-    if len(levels) != 2 or any(lv not in (0, 1, 2, 3) for lv in levels):
-        raise ValueError(f"opt_level must be 0..3, a pair (IR level, machine-code level) "
-                         f"or 'auto', not {opt_level!r}")
-    return levels
 
 
 def _excerpt(text: str, fn_name: str, limit: int = 1500) -> str:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 from llvmlite import ir
 
+from symad import policy
 from symad.graph import Graph, Node
 from symad.ops import (
     DEFAULT_FASTMATH,  # noqa: F401  (re-exported with fastmath_flags)
@@ -307,28 +308,16 @@ def lower_node(b: ir.IRBuilder, module: ir.Module, node: Node, args: list,
     return custom(b, args, node, flags)
 
 
-# Graphs with more live nodes than this are split into chunk functions of this size.
-# LLVM's machine-code time grows superlinearly in the size of one basic block (measured
-# here: a 192k-node value+grad graph in one block took 275 s even at O0; in chunks it is
-# linear). Only values used by a later chunk pass through a stack buffer. 10k nodes
-# (not 4k): below it a kernel stays one function, which the batch loop inlines and
-# vectorises (Lennard-Jones 16 value+grad, 4.9k nodes: 820 -> 242 ns/point).
-CHUNK_NODES = 10_000
-
-
-# Roll loops (``codegen.roll``) only when that shrinks the emitted code at least this
-# many times: a rolled node costs a buffer store and loads where straight-line code keeps
-# it in a register.
-ROLL_MIN_GAIN = 4
-# KERNEL_STACK_DOUBLES (the stack budget of a kernel's scratch) lives in codegen/builder.py.
+# Where straight code is chunked (policy.CHUNK_NODES) and when rolling pays
+# (policy.ROLL_MIN_GAIN) is decided in symad/policy.py; see DECISIONS.md.
 
 
 def rolled_plan(graph: Graph, outputs: Sequence[Node]):
     """A ``roll.Plan`` for ``outputs`` when rolling makes the code at least
-    ``ROLL_MIN_GAIN`` times smaller, else None (straight-line code is faster then)."""
+    ``policy.ROLL_MIN_GAIN`` times smaller, else None (straight code is faster then)."""
     from .roll import plan
     found = plan(graph, outputs)
-    if found.emitted_size() * ROLL_MIN_GAIN <= len(found.schedule) + len(outputs):
+    if policy.rolling_pays(found.emitted_size(), len(found.schedule) + len(outputs)):
         return found
     return None
 
@@ -355,14 +344,15 @@ def emit_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node], name: 
         return emit_rolled(module, plan, outputs, name, flags)
     live = graph.live(outputs)
     ops = [n for n in live if n.op not in ("const", "input")]
-    if len(ops) > CHUNK_NODES:
+    if len(ops) > policy.CHUNK_NODES:
         return _emit_chunked(module, graph, outputs, name, flags, live, ops)
     return _emit_single(module, graph, outputs, name, flags)
 
 
 def _emit_chunked(module, graph, outputs, name, flags, live, ops):
     index = {n: j for j, n in enumerate(graph.inputs)}
-    chunks = [ops[i:i + CHUNK_NODES] for i in range(0, len(ops), CHUNK_NODES)]
+    size = policy.CHUNK_NODES
+    chunks = [ops[i:i + size] for i in range(0, len(ops), size)]
     chunk_of = {n: k for k, ch in enumerate(chunks) for n in ch}
     slot: dict[Node, int] = {}
     for k, ch in enumerate(chunks):
@@ -469,7 +459,8 @@ def emit_rolled(module: ir.Module, plan, outputs: Sequence[Node], name: str,
     table); a loop element that is an output in every iteration writes it directly.
 
     ``void name(const double* in, i64 is, double* out, i64 os)`` over one point with the
-    buffer on the stack (on the heap above ``builder.KERNEL_STACK_DOUBLES``); with ``width > 1`` the
+    buffer on the stack (on the heap above ``policy.KERNEL_STACK_DOUBLES``); with
+    ``width > 1`` the
     same over ``width`` consecutive points at once (as ``emit_vector_kernel``), the
     buffer (``rolled_buffer_doubles(plan, width)`` doubles) passed by the batch loop as a
     fifth argument. ``vector_math``: see ``lower_node``."""

@@ -11,7 +11,7 @@ compiled for, as they are:
   only argument, else copied with the others into one input buffer.
 
 It calls the point kernel (``builder.emit_kernel_entry``) with unit strides on stack
-buffers (one heap block above ``ENTRY_STACK_DOUBLES``) and builds the result: floats
+buffers (one heap block above ``policy.ENTRY_STACK_DOUBLES``) and builds the result: floats
 (``PyFloat_FromDouble``), fresh arrays (``numpy.empty``, filled through the buffer
 protocol) and tuples of them, as the result spec says. Anything else (a wrong count,
 ints, strings, other dtypes, shapes or layouts, a refused buffer, no memory) is handed
@@ -26,6 +26,8 @@ import sys
 
 import numpy as np
 from llvmlite import ir
+
+from symad import policy
 
 from . import jit
 from .builder import DOUBLE, I8, I32, I64, PTR, declare, free_buffer, heap_doubles, i64
@@ -60,13 +62,6 @@ _BUF_BUF, _BUF_ITEMSIZE, _BUF_NDIM, _BUF_FORMAT, _BUF_SHAPE, _BUF_STRIDES = \
 _PyBUF_WRITABLE = 0x0001
 _PyBUF_RECORDS_RO = 0x001C          # PyBUF_STRIDES | PyBUF_FORMAT, read-only is fine
 
-# The entry is emitted for up to this many input and output doubles (above, the ctypes
-# path costs microseconds, but such a call costs far more anyway).
-MAX_ENTRY_DOUBLES = 16_384
-# It keeps them on the C stack up to this many (8 KiB; with the kernel's own
-# builder.KERNEL_STACK_DOUBLES a call stays far below a small thread stack of 64 KiB), in
-# one malloc'd block above: ~0.1 us, against the microseconds such a call takes anyway.
-ENTRY_STACK_DOUBLES = 1_024
 
 # Slots of the entry's ``self`` tuple: the Python fallback, numpy.empty, then one shape
 # tuple per array output.
@@ -180,7 +175,7 @@ class _PyEntry:
         # One array argument is read in place; otherwise the inputs are gathered into in_buf.
         self.in_place = len(arg_shapes) == 1 and self.n_arrays > 0
         self.n_in_buf = 0 if self.in_place else sum(_size(s) for s in arg_shapes)
-        self.heap = self.n_in_buf + n_out > ENTRY_STACK_DOUBLES
+        self.heap = self.n_in_buf + n_out > policy.ENTRY_STACK_DOUBLES
         if not self.heap:
             self.in_buf = b.alloca(DOUBLE, i64(max(self.n_in_buf, 1)), name="in")
             self.out_buf = b.alloca(DOUBLE, i64(max(n_out, 1)), name="out")

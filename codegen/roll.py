@@ -19,9 +19,9 @@ loops through a compact buffer (one contiguous array per stored loop element, se
 loop-carried values such as a running sum, through a phi).
 
 Finding them is linear in the schedule and vectorised: a signature per node; for each
-period ``p <= MAX_PERIOD`` the run length over which ``sig[i] == sig[i+p]``; then greedy,
-left to right, the longest stretch, shortened, or its period multiplied, where that
-keeps every operand affine (``_even_trips``, ``_uneven``). Three schedules are tried
+period ``p <= policy.ROLL_MAX_PERIOD`` the run length over which ``sig[i] == sig[i+p]``;
+then greedy, left to right, the longest stretch, shortened, or its period multiplied,
+where that keeps every operand affine (``_even_trips``, ``_uneven``). Three schedules are tried
 (creation order; depth-first, which fuses each element's whole computation into one
 loop body; the value depth-first, then the reverse pass in creation order) and the best
 plan kept (``plan``).
@@ -34,16 +34,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from symad import policy
 from symad.graph import Graph, Node
 from symad.ops import OPS
 
-# A loop needs at least this many iterations and nodes to pay for its overhead (a
-# counter, loads and stores through the buffer instead of registers).
-MIN_TRIPS = 4
-MIN_NODES = 24
-MAX_PERIOD = 48
-# Choosing between the schedules' plans (see ``plan``).
-LARGER = 3
+# Its thresholds (policy.ROLL_MIN_TRIPS, ROLL_MIN_BODY_NODES, ROLL_MAX_PERIOD,
+# ROLL_LARGER) are in symad/policy.py; see DECISIONS.md.
 
 # Operand kinds.
 NONE, NODE, INPUT, CONST = 0, 1, 2, 3
@@ -215,39 +211,33 @@ def plan(graph: Graph, outputs: Sequence[Node]) -> Plan:
     """The best of the loops found in three schedules: creation order, depth-first order
     (``depth_first_schedule``), and the first output depth-first followed by the rest in
     creation order (``value_first_schedule``). Among the plans whose code is at most
-    ``LARGER`` times the smallest (code size is what compile time follows), the one with
-    the least ``work``.
-
-    Measured (value+grad, single call / batch of 2,000): Rosenbrock n=1000 depth-first
-    (2 fused loops, 46 body nodes) 2.1 us against 3.6 us in creation order; Lennard-Jones
-    64 value-first (1.3k body nodes) 12.7 us and 0.15 M points/s, depth-first (4.6k body
-    nodes, least estimated work, hence ``LARGER`` = 3, not 4) 45 us; the 4-8-1 network
-    loss in creation order (118 body nodes) 2.7 us and 0.10 s to build against 2.9 us
-    and 0.25 s depth-first (801)."""
+    ``policy.ROLL_LARGER`` times the smallest (code size is what compile time follows),
+    the one with the least ``work`` (measurements: DECISIONS.md, ROLL_LARGER)."""
     creation = creation_schedule(graph, outputs)
     table = _operands(graph, creation)
     orders = [creation, depth_first_schedule(graph, outputs),
               value_first_schedule(graph, outputs, creation)]
     plans = [plan_schedule(graph, order, outputs, table) for order in orders]
     smallest = min(p.emitted_size() for p in plans)
-    return min((p for p in plans if p.emitted_size() <= LARGER * smallest), key=Plan.work)
+    return min((p for p in plans if p.emitted_size() <= policy.ROLL_LARGER * smallest),
+               key=Plan.work)
 
 
 def batch_plan(graph: Graph, outputs: Sequence[Node], single: Plan) -> Plan:
     """The plan for the kernel over four points at once: ``single`` (the single call's,
-    from ``plan``) or, with less work and code at most ``LARGER`` times as large, the
-    plan of ``contributions_first_schedule``, which fuses the reverse pass per element.
+    from ``plan``) or, with less work and code at most ``policy.ROLL_LARGER`` times as
+    large, the plan of ``contributions_first_schedule``, which fuses the reverse pass per
+    element.
 
-    A single call runs that plan slower than value-first (Lennard-Jones 64: 12.7 against
-    11.6 us), whose separate elementwise loops LLVM vectorises across iterations; the
-    batch kernel is already vectorised across points and gains from the fusion (0.155
-    -> 0.24 M points/s). One schedule more, not ``plan``'s three again: the batch is
-    planned at its first call, and planning costs ~4-8 us per node."""
+    A single call runs that plan slower than value-first, whose separate elementwise
+    loops LLVM vectorises across iterations; the batch kernel is already vectorised
+    across points and gains from the fusion (DECISIONS.md, ROLL_LARGER). One schedule
+    more, not ``plan``'s three again: the batch is planned at its first call."""
     if not getattr(graph, "accumulations", None):
         return single
     fused = plan_schedule(graph, contributions_first_schedule(graph, outputs), outputs)
     if fused.work() < single.work() and \
-            fused.emitted_size() <= LARGER * single.emitted_size():
+            fused.emitted_size() <= policy.ROLL_LARGER * single.emitted_size():
         return fused
     return single
 
@@ -314,7 +304,8 @@ def plan_schedule(graph: Graph, schedule: list, outputs: Sequence[Node],
                   table: tuple | None = None) -> Plan:
     """Loops over ``schedule``, a topological order of the op nodes of ``outputs``
     (``table``: ``_operands`` of the same nodes in creation order, when already known)."""
-    min_trips, min_nodes, max_period = MIN_TRIPS, MIN_NODES, MAX_PERIOD
+    min_trips, min_nodes = policy.ROLL_MIN_TRIPS, policy.ROLL_MIN_BODY_NODES
+    max_period = policy.ROLL_MAX_PERIOD
     position = {n: i for i, n in enumerate(schedule)}
     input_index = {n: j for j, n in enumerate(graph.inputs)}
     n = len(schedule)
@@ -623,7 +614,7 @@ def _uneven(kind, ref, s, p, trips, even_enough, max_period) -> tuple:
         # starting up to one iteration of the new period later (peeled, or in phase)
         for start in range(s + p if q == p else s, s + q + 1, p):
             tq = (s + trips * p - start) // q
-            if tq < MIN_TRIPS:
+            if tq < policy.ROLL_MIN_TRIPS:
                 return p, trips, s
             even = _even_trips(kind, ref, start, q, tq)
             if even_enough(even, tq, q):
@@ -650,7 +641,7 @@ def _rotated(graph, kind, ref, loop: Loop) -> Loop:
     it is, which also keeps a sum's terms a step ahead of their addition (Rosenbrock
     n=1000 rotated anyway: 1.8 -> 2.4 us)."""
     pairs = _carried(loop)
-    if not pairs or loop.trips <= MIN_TRIPS:
+    if not pairs or loop.trips <= policy.ROLL_MIN_TRIPS:
         return loop
     t = max(r for r, _ in pairs) + 1
     if t > min(q for _, q in pairs):

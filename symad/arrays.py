@@ -8,7 +8,7 @@ float64 vector (slicing, reshaping and broadcasting are ``gather`` nodes, reduct
 joins ``sum`` nodes), differentiated by the same op table, and lowered by
 :mod:`symad.codegen.arrays` to a handful of fused loops. ``compile``/``compile_grad`` use
 it for the single-call and batch kernels of large array programs
-(``symad.compiled.ARRAY_MIN_ELEMENTS``); transformed functions (Hessians ...) and
+(``symad.policy.ARRAY_MIN_ELEMENTS``); transformed functions (Hessians ...) and
 pickling stay on the scalar graph, built when first asked for.
 
 Anything outside this (in-place assignment, data-dependent control flow ...) raises
@@ -25,16 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from . import composite, interp, npfuncs
+from . import composite, interp, npfuncs, policy
 from .ad import _MASKING, _partials
 from .graph import Graph, Node
 from .trace import Tracer
 from .tree import tree_flatten
-
-# Reductions over at most this many elements per output are unrolled into additions of
-# strided gathers: elementwise, so they fuse with what they sum and what uses them (the
-# three coordinates of a distance), where a ``sum`` node would add through memory.
-SMALL_REDUCTION = 8
 
 
 class Unsupported(Exception):
@@ -291,7 +286,7 @@ def _sum(a, axis=None, keepdims=False, dtype=None, out=None, **kw):
     pos = pos.reshape(n_out, per)
     if per == 0:
         node = g.const(np.zeros(max(n_out, 1)))
-    elif per <= SMALL_REDUCTION:
+    elif per <= policy.SMALL_REDUCTION:
         node = g.gather(a.node, pos[:, 0])
         for r in range(1, per):
             node = g.node("add", (node, g.gather(a.node, pos[:, r])))

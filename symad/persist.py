@@ -289,21 +289,19 @@ def restore_compiled(state: dict):
 def _restore_checked(state: dict, name: str):
     import pickle
 
-    from symad.codegen import jit, lower
+    from symad.codegen import lower
 
-    from .compiled import (
-        _CACHE_LOCK,
-        CompiledFunction,
-        _ArraySpecialization,
-        _Specialization,
-    )
+    from . import specialize
+    from .compiled import CompiledFunction
+    from .policy import choose_levels
+    from .specialize import ArraySpecialization, Specialization
     missing = {"options", "function", "specs", "last", "token"} - set(state)
     if missing:
         raise unpickle_error(name, f"the state lacks {sorted(missing)}")
     token = state["token"]
     if not isinstance(token, str):
         raise unpickle_error(name, "its token is not a string")
-    with _CACHE_LOCK:
+    with specialize._CACHE_LOCK:
         hit = RESTORED.get(token)
         if hit is not None:
             RESTORED.move_to_end(token)
@@ -315,7 +313,7 @@ def _restore_checked(state: dict, name: str):
     # the last slot (the sender's cache option) is ignored: older pickles carried it
     name, grad, argnums, fastmath, opt_level, _ = options
     lower.fastmath_flags(fastmath)        # ValueError for a bad option, here and not later
-    jit.choose_levels(1, opt_level)
+    choose_levels(1, opt_level)
     specs = state["specs"]
     if not isinstance(specs, (list, tuple)):
         raise unpickle_error(name, "its specializations are not a list")
@@ -336,20 +334,21 @@ def _restore_checked(state: dict, name: str):
                           opt_level=opt_level, cache=None,
                           max_specializations=state.get("max_specializations"))
     cf.__name__ = name
+    opts = cf._options()
     for sstate, key in zip(specs, keys):
-        spec = None
+        spec: Specialization | None = None
         if sstate.get("array") and not isinstance(f, Unavailable):
             # traced again, so the copy runs the same array-level kernel as the original
             treedef, shapes = key
             example = tree_unflatten(treedef, [0.0 if s == () else np.zeros(s)
                                                for s in shapes])
-            spec = _ArraySpecialization.attempt(cf, key, example)
+            spec = ArraySpecialization.attempt(opts, key, example)[0]
         if spec is None:
-            spec = _Specialization._restore(cf, sstate)
+            spec = Specialization.restored(opts, sstate)
         cf._admit(spec.key, spec)
         if spec.key == state["last"]:
             cf._last = spec
-    with _CACHE_LOCK:
+    with specialize._CACHE_LOCK:
         RESTORED[token] = cf
         while len(RESTORED) > RESTORED_MAX:
             RESTORED.popitem(last=False)

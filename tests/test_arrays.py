@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 from fuzz import random_program, run_program
 from programs import lennard_jones, rosen
-from symad.codegen import arrays as array_lower
-from symad.codegen import builder
 
 import symad
-from symad import arrays, compiled
+from symad import arrays, compiled, policy
+from symad.codegen import arrays as array_lower
 
 
 @pytest.fixture
 def always_arrays(monkeypatch):
     """Array-level kernels for every array program, however small."""
-    monkeypatch.setattr(compiled, "ARRAY_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(compiled, "ARRAY_MIN_LENGTH", 0)
+    monkeypatch.setattr(policy, "ARRAY_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "ARRAY_MIN_LENGTH", 0)
     compiled._CACHE.clear()
 
 
@@ -238,7 +237,7 @@ def test_large_buffers_on_the_heap_and_long_reductions(always_arrays):
     spec = cf._latest()
     groups, stored, views, cones, family = array_lower.plan(spec.array_graph, spec.array_outputs)
     assert sum(n.size for n in spec.array_graph.live(spec.array_outputs)
-               if n.id in stored) > builder.KERNEL_STACK_DOUBLES
+               if n.id in stored) > policy.KERNEL_STACK_DOUBLES
     ref = arrays.evaluate(spec.array_graph, spec.array_outputs, x)
     assert value == ref[0][0]
     np.testing.assert_allclose(grad, ref[1], rtol=1e-15, atol=0)

@@ -258,17 +258,17 @@ def test_batch_with_libm_calls_is_vectorised_and_bit_identical():
 def test_batch_beyond_the_cache_streams_results_bit_identically():
     # Calls writing more than STREAMING_OUT_DOUBLES results use non-temporal stores, for
     # short rows and for long rows (the 4x4 block copies) alike; same numbers either way.
-    from symad.codegen import batch_entry
+    from symad import policy
 
     def f(x, y):
         return np.sum(np.sin(x) * x[0]) + y * y
     g = symad.compile_grad(f)
-    n = batch_entry.STREAMING_OUT_DOUBLES // 22 + 1003      # 22 results per point; a ragged tail
+    n = policy.STREAMING_OUT_DOUBLES // 22 + 1003      # 22 results per point; a ragged tail
     rng = np.random.default_rng(9)
     xs, ys = rng.uniform(-1, 1, (n, 20)), rng.uniform(-1, 1, n)
     values, (gx, gy) = g.batch(xs, ys, threads=1)
     assert "movnt" in g.asm
-    step = batch_entry.STREAMING_OUT_DOUBLES // 22 // 3     # calls small enough to write cached
+    step = policy.STREAMING_OUT_DOUBLES // 22 // 3     # calls small enough to write cached
     for lo in range(0, n, step):
         v, (a, b) = g.batch(xs[lo:lo + step], ys[lo:lo + step], threads=1)
         np.testing.assert_array_equal(v, values[lo:lo + step])
@@ -427,8 +427,9 @@ def test_threads_call_concurrently():
 
 
 def test_large_graph_uses_cheap_codegen():
+    from symad import policy
     from symad.codegen import jit
-    assert jit.choose_levels(jit.LARGE_GRAPH_NODES + 1, "auto") == (1, 0)
+    assert jit.choose_levels(policy.LARGE_GRAPH_NODES + 1, "auto") == (1, 0)
     assert jit.choose_levels(100, "auto") == (3, 3)
     f = symad.compile_grad(rosen, opt_level=0)
     x = np.linspace(-1, 1, 5)
@@ -448,8 +449,8 @@ def test_symad_ad_imports_without_llvmlite():
 
 def test_chunked_kernel_for_big_graphs(monkeypatch):
     # Big graphs are split into chunk functions; force it on a small graph.
-    from symad.codegen import lower
-    monkeypatch.setattr(lower, "CHUNK_NODES", 7)
+    from symad import policy
+    monkeypatch.setattr(policy, "CHUNK_NODES", 7)
     f = symad.compile_grad(rosen, opt_level=(1, 0))
     x = np.random.default_rng(5).uniform(-2, 2, 20)
     value, grad = f(x)

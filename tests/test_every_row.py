@@ -26,8 +26,8 @@ import sympy as sp
 from test_ops import ATTRS, SYMPY_UNEVALUATED, points
 
 import symad
-from symad.compiled import ARRAY_MIN_ELEMENTS
 from symad.ops import OPS, ufunc_names
+from symad.policy import ARRAY_MIN_ELEMENTS
 from symad.trace import apply
 
 pytest.importorskip("llvmlite")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import symad
-from symad import arrays, compiled
+from symad import arrays, policy
 
 pytest.importorskip("llvmlite")
 
@@ -30,8 +30,8 @@ def _compiled(monkeypatch, f, *args, array: bool):
     """``(f(*args) compiled, whether on the array-level graph)``; ``array`` asks for the
     array-level graph (used where it covers f) or the scalar graph."""
     level = 0 if array else 10**12
-    monkeypatch.setattr(compiled, "ARRAY_MIN_ELEMENTS", level)
-    monkeypatch.setattr(compiled, "ARRAY_MIN_LENGTH", level)
+    monkeypatch.setattr(policy, "ARRAY_MIN_ELEMENTS", level)
+    monkeypatch.setattr(policy, "ARRAY_MIN_LENGTH", level)
     cf = symad.compile(f)
     return cf(*args), bool(cf.stats.get("array_level"))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import symad
-from symad import compiled
+from symad import compiled, policy
 from symad.graph import Graph
 
 pytest.importorskip("llvmlite")
@@ -177,8 +177,8 @@ def test_hypot_log10_gradients_do_not_overflow():
 
 @pytest.fixture
 def always_arrays(monkeypatch):
-    monkeypatch.setattr(compiled, "ARRAY_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(compiled, "ARRAY_MIN_LENGTH", 0)
+    monkeypatch.setattr(policy, "ARRAY_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "ARRAY_MIN_LENGTH", 0)
     compiled._CACHE.clear()
 
 

@@ -131,7 +131,7 @@ def test_rolled_scalar_gradient_and_array_result_in_a_64k_thread():
 
 
 def test_chunked_gradient_in_a_64k_thread():
-    # Above lower.CHUNK_NODES a kernel is split into chunk functions; the values passed
+    # Above policy.CHUNK_NODES a kernel is split into chunk functions; the values passed
     # between chunks had one stack slot each.
     out = _run("""
         from symad.codegen import lower
@@ -190,9 +190,9 @@ def test_frames_stay_small_as_vectors_grow():
 def test_heap_buffers_give_the_stack_paths_results(monkeypatch):
     # Every buffer on the heap: the same numbers, for floats, arrays, several arguments
     # and results, and arguments the entry hands to the Python path.
-    from symad.codegen import builder, py_entry
-    monkeypatch.setattr(py_entry, "ENTRY_STACK_DOUBLES", 0)
-    monkeypatch.setattr(builder, "KERNEL_STACK_DOUBLES", 0)
+    from symad import policy
+    monkeypatch.setattr(policy, "ENTRY_STACK_DOUBLES", 0)
+    monkeypatch.setattr(policy, "KERNEL_STACK_DOUBLES", 0)
     x = np.linspace(-1.0, 1.0, 1500)
 
     def loopy(x):
@@ -228,8 +228,8 @@ def test_heap_buffers_give_the_stack_paths_results(monkeypatch):
 @pytest.fixture
 def scalar_graphs(monkeypatch):
     """The scalar graph (rolled), not the array-level one, whatever the size."""
-    from symad import compiled
-    monkeypatch.setattr(compiled, "ARRAY_MIN_ELEMENTS", 10**12)
+    from symad import policy
+    monkeypatch.setattr(policy, "ARRAY_MIN_ELEMENTS", 10**12)
 
 
 def _llvm_seconds(f) -> float:
@@ -310,10 +310,9 @@ def test_repeated_outputs_are_loops(scalar_graphs):
 def test_chunked_kernel_stores_constant_and_repeated_outputs_by_loops(monkeypatch):
     # Straight code split into chunks (small chunks here, so the graph stays small): the
     # gradient's 3,000 zeros, and the value listed many times, are loops in its entry.
-    from symad import compiled
-    from symad.codegen import lower
-    monkeypatch.setattr(lower, "CHUNK_NODES", 200)
-    monkeypatch.setattr(compiled, "ROLL_MIN_NODES", 10**12)
+    from symad import policy
+    monkeypatch.setattr(policy, "CHUNK_NODES", 200)
+    monkeypatch.setattr(policy, "ROLL_MIN_NODES", 10**12)
 
     def chain(x):
         vals = [x[i] for i in range(8)]

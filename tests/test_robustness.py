@@ -40,7 +40,6 @@ def test_compiled_nan_inf_pattern_is_numpys(seed):
 def test_fuzz_checker_can_fail(monkeypatch):
     # A wrong lowering must be caught: make every compiled sin return cos.
     from symad.codegen import lower
-
     from symad.ops import OPS
     monkeypatch.setitem(OPS, "sin", OPS["sin"].__class__(
         **{**{f: getattr(OPS["sin"], f) for f in OPS["sin"].__dataclass_fields__},
@@ -158,7 +157,7 @@ def test_big_graph_compiles_in_chunks_without_recursion():
     import sys
     import time
 
-    from symad.codegen import jit, lower
+    from symad import policy
 
     def chain(x):
         vals = [x[i] for i in range(8)]
@@ -179,13 +178,13 @@ def test_big_graph_compiles_in_chunks_without_recursion():
     wall = time.perf_counter() - t0
     st = f.stats
     n_ops = st["nodes"]["ad"]
-    assert n_ops > jit.MEDIUM_GRAPH_NODES and n_ops > lower.CHUNK_NODES
+    assert n_ops > policy.MEDIUM_GRAPH_NODES and n_ops > policy.CHUNK_NODES
     assert (st["opt_level"]["ir"], st["opt_level"]["batch_machine_code"]) == \
-        jit.choose_levels(n_ops, None) == (1, 1)
+        policy.choose_levels(n_ops, None) == (1, 1)
     assert st["opt_level"]["machine_code"] == 0     # single calls: fast build
     n_chunks = sum(1 for line in f.llvm_ir.splitlines() if line.startswith("define")
                    and ".chunk" in line)
-    assert n_chunks >= max(2, n_ops // lower.CHUNK_NODES - 1)
+    assert n_chunks >= max(2, n_ops // policy.CHUNK_NODES - 1)
     v_i, g_i = symad.value_and_grad(chain)(x)
     assert v == pytest.approx(v_i, rel=1e-12)
     np.testing.assert_allclose(g, g_i, rtol=1e-10, atol=1e-13)

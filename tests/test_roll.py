@@ -9,16 +9,16 @@ import re
 import numpy as np
 import pytest
 from programs import lennard_jones, rosen
-from symad.codegen import builder, lower, roll
 
 import symad
-from symad import compiled, interp
+from symad import compiled, interp, policy
+from symad.codegen import roll
 
 
 @pytest.fixture(autouse=True)
 def scalar_graphs(monkeypatch):
     # Loops of the scalar graph: keep array programs off the array-level path here.
-    monkeypatch.setattr(compiled, "ARRAY_MIN_ELEMENTS", 10**12)
+    monkeypatch.setattr(policy, "ARRAY_MIN_ELEMENTS", 10**12)
 
 
 def mixed(x):
@@ -35,14 +35,14 @@ def _pair(f, x):
     compiled._CACHE.clear()       # compiled code is cached by graph: build both anew
     fr = symad.compile_grad(f)
     rolled = fr(x)
-    old = compiled.ROLL_MIN_NODES
-    compiled.ROLL_MIN_NODES = 10**12
+    old = policy.ROLL_MIN_NODES
+    policy.ROLL_MIN_NODES = 10**12
     try:
         compiled._CACHE.clear()
         fs = symad.compile_grad(f)
         straight = fs(x)
     finally:
-        compiled.ROLL_MIN_NODES = old
+        policy.ROLL_MIN_NODES = old
         compiled._CACHE.clear()
     assert fs.stats["rolled"] is None
     return rolled, straight, fr
@@ -139,7 +139,7 @@ def test_pairs_of_particles_use_index_tables():
 
 
 def test_heap_buffer_for_large_kernels(monkeypatch):
-    monkeypatch.setattr(builder, "KERNEL_STACK_DOUBLES", 16)
+    monkeypatch.setattr(policy, "KERNEL_STACK_DOUBLES", 16)
     x = np.linspace(0.1, 0.9, 300)
     (v, g), (v0, g0), fr = _pair(rosen, x)
     assert fr.stats["rolled"] is not None
@@ -165,7 +165,7 @@ def test_schedules_are_topological_and_complete():
 def test_rolled_batch_is_planned_apart_and_matches_single_calls(monkeypatch):
     # The batch kernel (four points at once) may take the contributions-first plan, which
     # fuses each pair's adjoint; its results equal the single calls' bit for bit.
-    monkeypatch.setattr(compiled, "ROLLED_BATCH_NODES", 1000)
+    monkeypatch.setattr(policy, "ROLLED_BATCH_NODES", 1000)
     compiled._CACHE.clear()
     n = 3 * 20
     f = symad.compile_grad(lennard_jones)
@@ -245,11 +245,11 @@ def _random_elementwise(rng, n_steps):
 
 @pytest.mark.parametrize("seed", range(24))
 def test_random_programs_rolled_aggressively(seed, monkeypatch):
-    monkeypatch.setattr(roll, "MIN_TRIPS", 2)
-    monkeypatch.setattr(roll, "MIN_NODES", 2)
-    monkeypatch.setattr(roll, "MAX_PERIOD", 7)
-    monkeypatch.setattr(lower, "ROLL_MIN_GAIN", 1)
-    monkeypatch.setattr(compiled, "ROLL_MIN_NODES", 0)
+    monkeypatch.setattr(policy, "ROLL_MIN_TRIPS", 2)
+    monkeypatch.setattr(policy, "ROLL_MIN_BODY_NODES", 2)
+    monkeypatch.setattr(policy, "ROLL_MAX_PERIOD", 7)
+    monkeypatch.setattr(policy, "ROLL_MIN_GAIN", 1)
+    monkeypatch.setattr(policy, "ROLL_MIN_NODES", 0)
     rng = np.random.default_rng(seed)
     f = _random_elementwise(rng, int(rng.integers(2, 9)))
     n = int(rng.integers(5, 14))
