@@ -35,8 +35,7 @@ from .errors import (
 from .graph import Graph, Node
 from .sympy_bridge import from_sympy, swell_report, symbolic_grad, to_sympy
 from .trace import asarray, supported_numpy
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "compile", "compile_grad", "CompiledFunction", "cache_info", "clear_cache",

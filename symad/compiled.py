@@ -26,7 +26,15 @@ import numpy as np
 
 from . import diskcache, logs, options, runtime, specialize
 from .errors import OptionError, SymadError
-from .persist import PICKLE_FORMAT, RESTORED, Unavailable, pickle_function, restore_compiled
+from .persist import (
+    PICKLE_FORMAT,
+    RESTORED,
+    RESTORED_MAX,
+    Unavailable,
+    checked_key,
+    pickle_function,
+    unpickle_error,
+)
 from .runtime import flatten_call as _flatten_call
 from .runtime import leaf_info as _leaf_info
 from .specialize import CompileOptions, Specialization, forget_natives, gc_paused
@@ -335,11 +343,6 @@ class CompiledFunction:
         return f"<symad {kind} {self.__name__}: {len(self._specs)} specialization(s)>"
 
 
-# Pickles written before the pickling code moved to symad.persist name this function.
-_restore_compiled = restore_compiled
-_RESTORED = RESTORED
-
-
 def compile(f: Callable, *, fastmath=False, opt_level="auto",  # noqa: A001
             cache=None, max_specializations=None) -> CompiledFunction:
     """Compile any traceable function to native code.
@@ -418,3 +421,102 @@ def compile_grad(f: Callable | None = None, *, argnums=_ALL_BY_DEFAULT, fastmath
                                 opt_level=opt_level, cache=cache,
                                 max_specializations=max_specializations)
     return wrap if f is None else wrap(f)
+
+
+# ---- unpickling ---------------------------------------------------------------------------
+
+# What a malformed state raises where a check did not see it coming: each becomes a
+# SymadError naming the function (a last line of defence after the explicit checks).
+MALFORMED = (ValueError, TypeError, LookupError, StopIteration, AttributeError,
+              ArithmeticError, RecursionError)
+
+
+def restore_compiled(state: dict):
+    """Rebuild a CompiledFunction from its pickled graphs (compiles or hits the caches)."""
+    if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
+        raise SymadError("cannot unpickle a symad compiled function: unknown format "
+                         "(pickled by another symad version?)")
+    name = "a symad compiled function"
+    options = state.get("options")
+    if isinstance(options, tuple) and options and isinstance(options[0], str):
+        name = options[0]
+    try:
+        return _restore_checked(state, name)
+    except SymadError:
+        raise
+    except MALFORMED as exc:
+        raise unpickle_error(name, f"malformed state ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc
+
+
+def _restore_checked(state: dict, name: str):
+    import pickle
+
+    from symad.codegen import lower
+
+    from .policy import choose_levels
+    from .specialize import ArraySpecialization
+    missing = {"options", "function", "specs", "last", "token"} - set(state)
+    if missing:
+        raise unpickle_error(name, f"the state lacks {sorted(missing)}")
+    token = state["token"]
+    if not isinstance(token, str):
+        raise unpickle_error(name, "its token is not a string")
+    with specialize._CACHE_LOCK:
+        hit = RESTORED.get(token)
+        if hit is not None:
+            RESTORED.move_to_end(token)
+            return hit
+    options = state["options"]
+    if not (isinstance(options, tuple) and len(options) == 6 and isinstance(options[0], str)
+            and isinstance(options[1], bool)):
+        raise unpickle_error(name, f"malformed options {options!r:.200}")
+    # the last slot (the sender's cache option) is ignored: older pickles carried it
+    name, grad, argnums, fastmath, opt_level, _ = options
+    lower.fastmath_flags(fastmath)        # ValueError for a bad option, here and not later
+    choose_levels(1, opt_level)
+    specs = state["specs"]
+    if not isinstance(specs, (list, tuple)):
+        raise unpickle_error(name, "its specializations are not a list")
+    keys = [checked_key(sstate, name) for sstate in specs]
+    f = None
+    reason = "it was not picklable by reference"
+    if state["function"] is not None:
+        if not isinstance(state["function"], bytes):
+            raise unpickle_error(name, "its function is not pickled bytes")
+        try:
+            f = pickle.loads(state["function"])
+        except Exception as exc:  # noqa: BLE001 (e.g. defined in another process's __main__)
+            reason = f"it could not be imported here: {type(exc).__name__}: {exc}"
+    if f is None:
+        f = Unavailable(name, reason, keys)
+    # (absent from older pickles; a bad one is a ValueError, reported as malformed)
+    cf = CompiledFunction(f, grad=grad, argnums=argnums, fastmath=fastmath,
+                          opt_level=opt_level, cache=None,
+                          max_specializations=state.get("max_specializations"))
+    cf.__name__ = name
+    opts = cf._options()
+    for sstate, key in zip(specs, keys):
+        spec: Specialization | None = None
+        if sstate.get("array") and not isinstance(f, Unavailable):
+            # traced again, so the copy runs the same array-level kernel as the original
+            treedef, shapes = key
+            example = tree_unflatten(treedef, [0.0 if s == () else np.zeros(s)
+                                               for s in shapes])
+            spec = ArraySpecialization.attempt(opts, key, example)[0]
+        if spec is None:
+            spec = Specialization.restored(opts, sstate)
+        cf._admit(spec.key, spec)
+        if spec.key == state["last"]:
+            cf._last = spec
+    with specialize._CACHE_LOCK:
+        RESTORED[token] = cf
+        while len(RESTORED) > RESTORED_MAX:
+            RESTORED.popitem(last=False)
+    return cf
+
+
+# Pickles of version 0.1.0 before the pickled-state checks moved to symad.persist name
+# this function; the tests call it by this name too.
+_restore_compiled = restore_compiled
+_RESTORED = RESTORED

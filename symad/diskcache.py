@@ -288,7 +288,7 @@ def entry_key(content_key: str) -> str:
     """The on-disk key: the graph/options hash plus what object code depends on."""
     from symad.codegen import jit
 
-    from . import __version__
+    from .version import __version__
     parts = (FORMAT, content_key, jit.target_fingerprint(), sys.implementation.cache_tag,
              sys.version, __version__)
     return hashlib.sha256(repr(parts).encode()).hexdigest()

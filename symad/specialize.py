@@ -406,6 +406,8 @@ def specialization(opts: CompileOptions, key, args: tuple) -> Specialization:
         spec, why, array_trace = ArraySpecialization.attempt(opts, key, args)
         if spec is not None:
             return spec
+        if array_trace is not None:
+            why += "; its trace unrolled to scalars"
     return Specialization.traced(opts, key, args, why, array_trace)
 
 
