@@ -57,6 +57,7 @@ class _Uses:
     consumers: bytearray  # 0, 1 or 2 (= more than one; a seed is an arrival of its own)
     consumer: list[int]   # the one consumer, where consumers == 1
     masked: bytearray     # below a selection: may receive its exact zero (needs mul0)
+    edges: list           # per needed node, its distinct operands' ids (``_edges``)
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _edges(n: Node, dep: bytearray) -> list[int]:
 
 def _uses(nodes: list[Node], seeds, dep: bytearray, lo: int, hi: int) -> _Uses:
     size = hi + 1
-    uses = _Uses(bytearray(size), bytearray(size), [0] * size, bytearray(size))
+    uses = _Uses(bytearray(size), bytearray(size), [0] * size, bytearray(size), [()] * size)
     needed, consumers, consumer, masked = uses.needed, uses.consumers, uses.consumer, \
         uses.masked
     for o, _ in seeds:
@@ -90,7 +91,8 @@ def _uses(nodes: list[Node], seeds, dep: bytearray, lo: int, hi: int) -> _Uses:
         if not needed[i]:
             continue
         mask = masked[i] or nodes[i].op in _SELECTING
-        for j in _edges(nodes[i], dep):
+        edges = uses.edges[i] = _edges(nodes[i], dep)
+        for j in edges:
             needed[j] = 1
             consumers[j] = 1 if consumers[j] == 0 else 2
             consumer[j] = i
@@ -119,7 +121,7 @@ def _sweep(nodes: list[Node], uses: _Uses, dep: bytearray, wrt_ids: set[int], lo
             unit[i] = (unit[c] or not lazy[c]) and nodes[c].op in _UNIT_PARTIALS
         else:
             b = i
-        edges = _edges(nodes[i], dep)
+        edges = uses.edges[i]
         for j in edges:
             if last[j] == b:
                 plan.merge.add((j, b))
