@@ -156,7 +156,7 @@ def vjp_plain(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
     for o, c in seeds:
         if dep[o.id]:
             _accumulate(graph, bars, o, c, wrt_set)
-    graph._open += 1
+    graph._open += 1        # the partial rules build their nodes through tracers
     try:
         for n in reversed(graph.nodes[lo:hi + 1]):
             bar = bars.get(n)

@@ -79,6 +79,8 @@ def _edges(n: Node, dep: bytearray) -> list[int]:
 
 
 def _uses(nodes: list[Node], seeds, dep: bytearray, lo: int, hi: int) -> _Uses:
+    """The ``_Uses`` of the nodes reached from the seeds (they do not change when nodes
+    are demoted, so both sweeps share them)."""
     size = hi + 1
     uses = _Uses(bytearray(size), bytearray(size), [0] * size, bytearray(size), [()] * size)
     needed, consumers, consumer, masked = uses.needed, uses.consumers, uses.consumer, \
@@ -132,9 +134,9 @@ def _sweep(nodes: list[Node], uses: _Uses, dep: bytearray, wrt_ids: set[int], lo
 
 
 def _demote(nodes: list[Node], plan: _Plan, dep: bytearray, lo: int, hi: int) -> bytearray:
-    """The lazy nodes whose laziness defers nothing: no operand merges, and no operand is
-    lazy itself (or the node is costly, where only a merge pays). Operands first, so a
-    node sees its operands' final state."""
+    """Clear the lazy flag of nodes whose laziness defers nothing (no operand merges, and
+    no operand is lazy itself, or the node is costly, where only a merge pays) and return
+    them. Operands first, so a node sees its operands' final state."""
     demoted = bytearray(hi + 1)
     lazy = plan.lazy
     for i in range(lo, hi + 1):
