@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from llvmlite import ir
 
@@ -471,6 +472,16 @@ def rolled_buffer_doubles(plan, width: int) -> int:
     return plan.n_slots * width
 
 
+@dataclass
+class _Iteration:
+    """What one loop of ``_Rolled`` reads its operands from, keyed by (row, operand)."""
+    hoisted: dict = field(default_factory=dict)   # values computed once, before the loop
+    carried: dict = field(default_factory=dict)   # row -> its value before the first iteration
+    tables: dict = field(default_factory=dict)    # (global, element type, index offset)
+    phis: dict = field(default_factory=dict)      # row -> the previous iteration's value
+    j: ir.Value | None = None                     # the iteration counter (a phi)
+
+
 class _Rolled:
     """The state of one ``emit_rolled`` call."""
 
@@ -563,14 +574,39 @@ class _Rolled:
                 self.store(v, self.slot(ir.Constant(I64, int(self.plan.slot_of[i]))))
 
     def loop(self, seg) -> None:
-        from .roll import CONST, INPUT, NODE, operand_home
-        b, plan, p = self.b, self.plan, seg.period
-        schedule = plan.schedule
-        # Operands that do not move with the counter are evaluated once, before the loop.
-        hoisted: dict = {}
-        carried: dict = {}         # body element -> its value before the first iteration
-        tables: dict = {}
-        shared: dict = {}          # tables equal (index tables: up to a constant) share one
+        """``seg`` (a ``roll.Loop``) as one counted loop: the operands that do not move
+        with the counter evaluated once before it, the values carried from the previous
+        iteration as phis, then the body."""
+        b = self.b
+        it = self._loop_operands(seg)
+        pre = b.block
+        head = self.fn.append_basic_block(f"loop{seg.start}")
+        done = self.fn.append_basic_block(f"loop{seg.start}.end")
+        b.branch(head)
+        b.position_at_end(head)
+        it.j = j = b.phi(I64, name=f"j{seg.start}")
+        j.add_incoming(ir.Constant(I64, 0), pre)
+        for rr, first in it.carried.items():
+            it.phis[rr] = b.phi(self.ty, name=f"c{seg.start}.{rr}")
+            it.phis[rr].add_incoming(first, pre)
+        body = self._loop_body(seg, it)
+        nxt = b.add(j, ir.Constant(I64, 1))
+        j.add_incoming(nxt, b.block)
+        for rr, phi in it.phis.items():
+            phi.add_incoming(body[rr], b.block)
+        b.cbranch(b.icmp_signed("<", nxt, ir.Constant(I64, seg.trips)), head, done)
+        b.position_at_end(done)
+        for r in seg.keeps:     # the last iteration's values, read after the loop
+            self.vals[self.plan.schedule[seg.stop - seg.period + r]] = body[r]
+
+    def _loop_operands(self, seg) -> _Iteration:
+        """Before the loop: hoisted operands' values, carried values' first values, and
+        the constant tables of operands read through one (tables equal, index tables up
+        to a constant, share one)."""
+        from .roll import INPUT, NODE, operand_home
+        plan, p = self.plan, seg.period
+        it = _Iteration()
+        shared: dict = {}
         for r, row in enumerate(seg.operands):
             for k, op in enumerate(row):
                 table = op.slot_table if op.kind == NODE else op.table
@@ -582,73 +618,64 @@ class _Rolled:
                         shared[key] = (*const_table(self.module, table, f"t{seg.start}.{r}.{k}"),
                                        first)
                     glob, elem, base = shared[key]
-                    tables[r, k] = (glob, elem, first - base)
+                    it.tables[r, k] = (glob, elem, first - base)
                 elif op.kind == INPUT and op.step == 0:
-                    hoisted[r, k] = self.get(plan.inputs[op.a])
+                    it.hoisted[r, k] = self.get(plan.inputs[op.a])
                 elif op.kind == NODE:
                     home = operand_home(seg, r, op)
                     if home == "hoisted":
-                        hoisted[r, k] = self.get(schedule[op.a])
+                        it.hoisted[r, k] = self.get(plan.schedule[op.a])
                     elif home == "carried":
-                        carried[op.a - (seg.start - p)] = self.get(schedule[op.a])
-        pre = b.block
-        head = self.fn.append_basic_block(f"loop{seg.start}")
-        done = self.fn.append_basic_block(f"loop{seg.start}.end")
-        b.branch(head)
-        b.position_at_end(head)
-        j = b.phi(I64, name=f"j{seg.start}")
-        j.add_incoming(ir.Constant(I64, 0), pre)
-        phis = {}
-        for rr, first in carried.items():
-            phis[rr] = b.phi(self.ty, name=f"c{seg.start}.{rr}")
-            phis[rr].add_incoming(first, pre)
+                        it.carried[op.a - (seg.start - p)] = self.get(plan.schedule[op.a])
+        return it
 
-        def index(op, at):
-            """The operand's slot / input index / constant in iteration ``j``."""
-            if at not in tables:
-                a, step = (op.slot_a, op.slot_step) if op.kind == NODE else (op.a, op.step)
-                return b.add(ir.Constant(I64, a), b.mul(j, ir.Constant(I64, step)))
-            table, elem, offset = tables[at]
-            v = b.load(b.gep(table, [j], source_etype=elem), typ=elem)
-            if elem == DOUBLE:
-                return v
-            v = b.sext(v, I64)
-            return b.add(v, ir.Constant(I64, offset)) if offset else v
-
+    def _loop_body(self, seg, it: _Iteration) -> list[ir.Value]:
+        """One iteration's values, one per row of ``seg``; stores the ones read back and
+        writes the outputs."""
+        b, j = self.b, it.j
         body: list[ir.Value] = []
         for r, row in enumerate(seg.operands):
-            args = []
-            for k, op in enumerate(row):
-                if (r, k) in hoisted:
-                    args.append(hoisted[r, k])
-                elif op.kind == CONST:
-                    args.append(self.splat(index(op, (r, k))) if (r, k) in tables
-                                else self.const(op.a))
-                elif op.kind == INPUT:
-                    args.append(self.input(index(op, (r, k))))
-                else:
-                    home = operand_home(seg, r, op)
-                    if home == "ssa":
-                        args.append(body[op.a - seg.start])
-                    elif home == "carried":
-                        args.append(phis[op.a - (seg.start - p)])
-                    else:
-                        args.append(self.load(self.slot(index(op, (r, k)))))
-            v = self.lower(schedule[seg.start + r], args)
+            args = [self._loop_operand(seg, it, r, k, op, body) for k, op in enumerate(row)]
+            v = self.lower(self.plan.schedule[seg.start + r], args)
             body.append(v)
             if seg.stores[r] >= 0:
                 self.store(v, self.slot(b.add(ir.Constant(I64, seg.stores[r]), j)))
             if seg.writes[r] is not None:
                 k0, kstep = seg.writes[r]
                 self.output(b.add(ir.Constant(I64, k0), b.mul(j, ir.Constant(I64, kstep))), v)
-        nxt = b.add(j, ir.Constant(I64, 1))
-        j.add_incoming(nxt, b.block)
-        for rr, phi in phis.items():
-            phi.add_incoming(body[rr], b.block)
-        b.cbranch(b.icmp_signed("<", nxt, ir.Constant(I64, seg.trips)), head, done)
-        b.position_at_end(done)
-        for r in seg.keeps:     # the last iteration's values, read after the loop
-            self.vals[schedule[seg.stop - p + r]] = body[r]
+        return body
+
+    def _loop_operand(self, seg, it: _Iteration, r: int, k: int, op,
+                      body: list[ir.Value]) -> ir.Value:
+        """Operand ``k`` of row ``r`` in iteration ``it.j``."""
+        from .roll import CONST, INPUT, operand_home
+        if (r, k) in it.hoisted:
+            return it.hoisted[r, k]
+        if op.kind == CONST:
+            return self.splat(self._index(it, op, (r, k))) if (r, k) in it.tables \
+                else self.const(op.a)
+        if op.kind == INPUT:
+            return self.input(self._index(it, op, (r, k)))
+        home = operand_home(seg, r, op)
+        if home == "ssa":
+            return body[op.a - seg.start]
+        if home == "carried":
+            return it.phis[op.a - (seg.start - seg.period)]
+        return self.load(self.slot(self._index(it, op, (r, k))))
+
+    def _index(self, it: _Iteration, op, at: tuple[int, int]) -> ir.Value:
+        """The operand's slot / input index / constant in iteration ``it.j``."""
+        from .roll import NODE
+        b, j = self.b, it.j
+        if at not in it.tables:
+            a, step = (op.slot_a, op.slot_step) if op.kind == NODE else (op.a, op.step)
+            return b.add(ir.Constant(I64, a), b.mul(j, ir.Constant(I64, step)))
+        table, elem, offset = it.tables[at]
+        v = b.load(b.gep(table, [j], source_etype=elem), typ=elem)
+        if elem == DOUBLE:
+            return v
+        v = b.sext(v, I64)
+        return b.add(v, ir.Constant(I64, offset)) if offset else v
 
     def splat(self, v: ir.Value) -> ir.Value:
         """A double as this kernel's value type (all lanes equal)."""
