@@ -25,107 +25,21 @@ reverse-over-reverse ones do.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from .graph import Graph, Node
-from .ops import OPS
-from .trace import Tracer
-
-
-def _as_node(graph: Graph, value) -> Node:
-    if isinstance(value, Node):
-        return value
-    if isinstance(value, Tracer):
-        return value.node
-    return graph.const(value)
-
-
-_SELECTING = frozenset(name for name, spec in OPS.items() if spec.selects)
-# Per op, which partials are selections (a 0 that must stay exact against inf or NaN).
-# mul0(z, y) masks with z: its partial for z is y, any number, and the exact zero there
-# is z's own adjoint or tangent (``seed_masked``), not the partial.
-_MASKING = {name: (False, True) if name == "mul0" else (spec.selects,) * spec.arity
-            for name, spec in OPS.items()}
-
-# Ops whose partials are plain numbers whatever the operands (add, sub, neg): found on
-# first use, so the reverse pass builds no tracers for them afterwards.
-_CONSTANT_PARTIALS: dict[str, tuple] = {}
-
-
-def _partials(graph: Graph, node: Node):
-    spec = OPS[node.op]
-    parts = _CONSTANT_PARTIALS.get(node.op)
-    if parts is not None:
-        return spec, parts
-    args = [Tracer(a) for a in node.args]
-    parts = spec.partials(*args, Tracer(node), *node.attrs)
-    # A partial rule sees only tracers and the op's attributes: numbers it returns for an
-    # op without attributes are constants of the rule itself.
-    if not node.attrs and all(p is None or type(p) is float for p in parts):
-        _CONSTANT_PARTIALS[node.op] = parts
-    return spec, parts
-
-
-def _depends(graph: Graph, wrt: Sequence[Node], lo: int, hi: int) -> bytearray:
-    """dep[i] == 1 when node i (lo <= i <= hi) depends on a node of ``wrt``."""
-    nodes = graph.nodes
-    dep = bytearray(len(nodes))
-    for w in wrt:
-        dep[w.id] = 1
-    for i in range(lo, hi + 1):
-        if not dep[i]:
-            for a in nodes[i].args:
-                if dep[a.id]:
-                    dep[i] = 1
-                    break
-    return dep
-
-
-_FLAG_OPS = frozenset(("lt", "le", "gt", "ge", "eq", "ne", "const"))
-_FLAG_ARITHMETIC = frozenset(("add", "sub", "mul", "neg"))
-
-
-def _bounded(partial: Node) -> bool:
-    """Is ``partial`` finite by construction: arithmetic on comparisons and constants, as
-    the selections' partials are (``gt(x, y) + 0.5 * eq(x, y)``)? Looks a few nodes
-    deep only; anything else may be inf."""
-    todo = [partial]
-    for _ in range(8):
-        if not todo:
-            return True
-        n = todo.pop()
-        if n.op in _FLAG_OPS:
-            if n.op == "const" and not math.isfinite(n.attrs[0]):
-                return False
-            continue
-        if n.op not in _FLAG_ARITHMETIC:
-            return False
-        todo.extend(n.args)
-    return not todo
-
-
-def _scale(node, masking: bool, partial: Node, seed: Node,
-           seed_masked: bool) -> tuple[Node, bool]:
-    """``seed * partial`` and whether the result may be a masked exact zero.
-
-    A selection's partial (``masking``: 0 for the branch not taken) or a seed that may be
-    such a zero multiplies with ``mul0``, so that zero stays exact against an inf or NaN
-    factor.
-    """
-    if masking:
-        if seed_masked and not _bounded(partial):
-            # Either factor may be the exact zero, and the other inf: mul0's partial for
-            # y is its z, a masked adjoint or tangent itself (reverse over forward, third
-            # order). mul0 keeps only its first operand's zero, so put the zero first.
-            # Both branches are products, so derivatives of this are a product's.
-            zero = partial.graph.const(0.0)
-            return node("where", (node("eq", (partial, zero)), node("mul0", (partial, seed)),
-                                  node("mul0", (seed, partial)))), True
-        return node("mul0", (partial, seed)), True
-    if seed_masked:
-        return node("mul0", (seed, partial)), True
-    return node("mul", (seed, partial)), False
+from .partials import (  # noqa: F401 (_MASKING, _CONSTANT_PARTIALS: ad's names for them)
+    _CONSTANT_PARTIALS,
+    _MASKING,
+    STRUCTURAL_ADJOINTS,
+    _as_node,
+    _depends,
+    _partials,
+    _scale,
+)
+from .preaccumulate import vjp_preaccumulated
 
 
 def vjp_plain(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node | None],
@@ -133,8 +47,11 @@ def vjp_plain(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
     """Reverse mode, adjoint by adjoint: the reference pass (read this one first).
 
     Every node between the outputs and ``wrt`` gets an adjoint node, the sum over its
-    consumers ``c`` of ``bar(c) * dc/dv``. Walking the nodes in reverse creation order
-    (= reverse topological order) finishes each adjoint before it is passed on.
+    consumers ``c`` of ``bar(c) * dc/dv`` (for a ``gather`` or ``sum`` consumer, the other
+    one of the two applied to ``bar(c)``: each is the other's transpose). It works on
+    every graph, vectors included (the array-level kernels' gradients are built by it).
+    Walking the nodes in reverse creation order (= reverse topological order) finishes
+    each adjoint before it is passed on.
     ``symad.preaccumulate`` builds the same derivatives with shorter dependent chains.
 
     Args:
@@ -162,6 +79,14 @@ def vjp_plain(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
             bar = bars.get(n)
             if bar is None or not n.args:
                 continue
+            if n.op in STRUCTURAL_ADJOINTS:        # gather and segment sum: linear
+                (x,) = n.args
+                if dep[x.id]:
+                    if n in masked:
+                        masked.add(x)
+                    _accumulate(graph, bars, x, STRUCTURAL_ADJOINTS[n.op](graph, n, bar),
+                                wrt_set)
+                continue
             _, parts = _partials(graph, n)
             for a, p, masking in zip(n.args, parts, _MASKING[n.op]):
                 if p is None or not dep[a.id]:
@@ -182,6 +107,8 @@ def vjp_plain(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
 def _accumulate(graph: Graph, bars: dict[Node, Node], v: Node, contrib: Node,
                 wrt: set[Node]) -> None:
     """``bar(v) += contrib``; a sum at a ``wrt`` node is marked for ``codegen.roll``."""
+    if contrib.size != v.size:      # v was broadcast (a scalar) into a vector node
+        contrib = graph.segment_sum(contrib, np.zeros(contrib.size, np.int64), 1)
     prev = bars.get(v)
     if prev is None:
         bars[v] = contrib
@@ -202,8 +129,6 @@ def vjp_nodes(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
     """
     if not preaccumulate:
         return vjp_plain(graph, outputs, cotangents, wrt)
-    # Imported here: symad.preaccumulate builds on this module's partials and masking.
-    from .preaccumulate import vjp_preaccumulated
     return vjp_preaccumulated(graph, outputs, cotangents, wrt)
 
 

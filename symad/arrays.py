@@ -26,9 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import composite, interp, npfuncs, policy
-from .ad import _MASKING, _partials
 from .graph import Graph, Node
-from .trace import Tracer
 from .tree import tree_flatten
 
 
@@ -498,74 +496,6 @@ if hasattr(np.linalg, "matmul"):
 if hasattr(np.linalg, "vector_norm"):
     _FUNCTIONS[np.linalg.vector_norm] = _lifted(npfuncs.vector_norm)
     _FUNCTIONS[np.linalg.matrix_norm] = _lifted(npfuncs.matrix_norm)
-
-
-# ---- reverse mode -------------------------------------------------------------------------
-
-def vjp(graph: Graph, y: Node, wrt: Sequence[Node]) -> list[Node | None]:
-    """Reverse mode over array nodes: the adjoint of each ``wrt`` node (None: zero)."""
-    lo = min((w.id for w in wrt), default=y.id + 1)
-    dep = bytearray(len(graph.nodes))
-    for w in wrt:
-        dep[w.id] = 1
-    for n in graph.nodes[lo:y.id + 1]:
-        if not dep[n.id] and any(dep[a.id] for a in n.args):
-            dep[n.id] = 1
-    if not dep[y.id]:
-        return [None] * len(wrt)
-    bars: dict[int, Node] = {y.id: graph.const(np.ones(y.size))}
-    masked: set[int] = set()
-    node = graph.node
-    graph._open += 1          # the partial rules build through tracers
-    try:
-        for i in range(y.id, lo - 1, -1):
-            n = graph.nodes[i]
-            bar = bars.get(i)
-            if bar is None or not n.args:
-                continue
-            if n.op == "gather" or n.op == "sum":
-                x = n.args[0]
-                if dep[x.id]:
-                    back = graph.segment_sum(bar, n.attrs[0].index, x.size) \
-                        if n.op == "gather" else graph.gather(bar, n.attrs[0].index)
-                    _accumulate(graph, bars, x, back)
-                    if i in masked:
-                        masked.add(x.id)
-                continue
-            _, parts = _partials(graph, n)
-            for a, p, masking in zip(n.args, parts, _MASKING[n.op]):
-                if p is None or not dep[a.id]:
-                    continue
-                if isinstance(p, Tracer):
-                    p = p.node
-                elif type(p) is float and p == 1.0 and not masking:
-                    _accumulate(graph, bars, a, bar)
-                    if i in masked:
-                        masked.add(a.id)
-                    continue
-                else:
-                    p = graph.const(float(p))
-                # As ad._scale: the selections' partials are finite, so mul0 keeps their
-                # zero (array graphs hold no mul0 of their own to differentiate).
-                if masking:
-                    contrib, is_masked = node("mul0", (p, bar)), True
-                elif i in masked:
-                    contrib, is_masked = node("mul0", (bar, p)), True
-                else:
-                    contrib, is_masked = node("mul", (bar, p)), False
-                if is_masked:
-                    masked.add(a.id)
-                _accumulate(graph, bars, a, contrib)
-    finally:
-        graph._open -= 1
-    return [bars.get(w.id) for w in wrt]
-
-
-def _accumulate(graph: Graph, bars: dict, a: Node, contrib: Node) -> None:
-    if contrib.size != a.size:      # a was broadcast (size 1) into a larger node
-        contrib = graph.segment_sum(contrib, np.zeros(contrib.size, np.int64), 1)
-    prev = bars.get(a.id)
-    bars[a.id] = contrib if prev is None else graph.node("add", (prev, contrib))
 
 
 # ---- tracing a call --------------------------------------------------------------------------

@@ -23,9 +23,10 @@ steppers and other chains of single-use scalar operations gain; graphs whose eve
 intermediate is shared are built exactly as the plain pass builds them.
 
 **How it relates to the plain pass.** The same partials (``OpSpec.partials`` through
-``ad._partials``), the same masking (``ad._MASKING``, ``mul0`` through ``ad._scale``), the
-same order of contributions at a node. The numbers agree with ``ad.vjp_plain`` where no
-node is lazy and up to reassociation (``bar * (w1 + w2)``) where one is;
+``partials._partials``), the same masking (``partials._MASKING``, ``mul0`` through
+``partials._scale``), the same order of contributions at a node. The numbers agree with
+``ad.vjp_plain`` where no node is lazy and up to reassociation (``bar * (w1 + w2)``) where
+one is;
 ``tests/test_reverse.py`` checks both, at kinks too.
 
 Two phases: :func:`_plan` decides from the graph's structure alone which nodes are lazy
@@ -38,8 +39,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .ad import _MASKING, _SELECTING, _as_node, _depends, _partials, _scale
 from .graph import Graph, Node
+from .partials import _MASKING, _SELECTING, _as_node, _depends, _partials, _scale
 
 _UNIT_PARTIALS = frozenset(("add", "sub", "neg"))   # d(op)/d(operand) is +1 or -1
 

@@ -696,6 +696,7 @@ class ArraySpecialization(Specialization):
         """``(the specialization, "", None)`` when the policy takes the array level for
         this signature, else ``(None, why not, the array-level trace to unroll or None)``."""
         from . import arrays
+        from .ad import vjp_plain
         t0 = time.perf_counter()
         shapes = key[1]
         try:
@@ -723,7 +724,7 @@ class ArraySpecialization(Specialization):
                 return None, "array level declined: the output is not one number", tr
             wrt = [tr.inputs[j] for k in nums for j in range(starts[k], starts[k + 1])]
             y = tr.outputs[0]
-            bars = arrays.vjp(graph, y, wrt)
+            bars = vjp_plain(graph, [y], [graph.const(1.0)], wrt)
             outputs = [y] + [b if b is not None else graph.const(np.zeros(w.size))
                              for b, w in zip(bars, wrt)]
         else:
