@@ -23,8 +23,10 @@ Nodes (every node is a vector of ``size`` doubles, C order of the array it stand
   scalar graph's).
 
 ``gather`` and ``sum`` are each other's adjoints; every other rule is the op table's.
-Joins (``np.concatenate`` ...) are sums over distinct positions, added. Anything outside
-this (``np.cumsum``, in-place assignment, data-dependent control flow ...) raises
+Joins (``np.concatenate`` ...) are sums over distinct positions, added. numpy's
+functions (``np.einsum``, ``np.max``, ``np.cumsum`` ...) are built from these in
+:mod:`symad.array_functions`. Anything outside this (``np.sort``, in-place assignment,
+data-dependent control flow ...) raises
 :class:`Unsupported`, and the caller uses the scalar tracer instead, which gives the
 user-facing error if there is one.
 """
@@ -34,7 +36,6 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -324,14 +325,32 @@ class AArray:
     def transpose(self, *axes):
         return _restructure(self, lambda p: p.transpose(*axes))
 
-    def sum(self, *args, **kwargs):
-        return _np_sum(self, *args, **kwargs)
+    # ndarray's methods: numpy's functions of the same parameters
+    def sum(self, *args, **kwargs): return self._call(np.sum, args, kwargs)
+    def prod(self, *args, **kwargs): return self._call(np.prod, args, kwargs)
+    def max(self, *args, **kwargs): return self._call(np.max, args, kwargs)
+    def min(self, *args, **kwargs): return self._call(np.min, args, kwargs)
+    def mean(self, *args, **kwargs): return self._call(np.mean, args, kwargs)
+    def var(self, *args, **kwargs): return self._call(np.var, args, kwargs)
+    def std(self, *args, **kwargs): return self._call(np.std, args, kwargs)
+    def cumsum(self, *args, **kwargs): return self._call(np.cumsum, args, kwargs)
+    def cumprod(self, *args, **kwargs): return self._call(np.cumprod, args, kwargs)
+    def trace(self, *args, **kwargs): return self._call(np.trace, args, kwargs)
+    def diagonal(self, *args, **kwargs): return self._call(np.diagonal, args, kwargs)
+    def squeeze(self, *args, **kwargs): return self._call(np.squeeze, args, kwargs)
+    def swapaxes(self, *args, **kwargs): return self._call(np.swapaxes, args, kwargs)
+    def repeat(self, *args, **kwargs): return self._call(np.repeat, args, kwargs)
+    def take(self, *args, **kwargs): return self._call(np.take, args, kwargs)
+    def copy(self): return self
 
-    def mean(self, *args, **kwargs):
-        return npfuncs.mean(self, *args, **kwargs)
+    def clip(self, min=None, max=None, out=None, **kwargs):  # noqa: A002 (ndarray's names)
+        return self._call(np.clip, (min, max, out), kwargs)
 
-    def dot(self, other):
-        return _dot(self, other)
+    def dot(self, other, out=None):
+        return self._call(np.dot, (other, out), {})
+
+    def _call(self, func, args: tuple, kwargs: dict):
+        return self.__array_function__(func, (AArray,), (self, *args), kwargs)
 
     # arithmetic
     def __add__(self, o): return _elementwise("add", self, o)
@@ -369,16 +388,15 @@ class AArray:
         dtype = kwargs.pop("dtype", None)
         if dtype is not None and np.dtype(dtype) != np.float64:
             raise Unsupported(f"np.{ufunc.__name__} with dtype={dtype}")
-        if method == "reduce" and ufunc.__name__ == "add" and \
-                set(kwargs) <= {"axis", "keepdims"} and len(inputs) == 1:
-            return _sum(inputs[0], kwargs.get("axis", 0), kwargs.get("keepdims", False))
+        if method in ("reduce", "accumulate"):
+            return _af.ufunc_method(ufunc, method, inputs, kwargs)
         # anything else given (out=, where=, initial=, order= ...): the scalar tracer's
         if kwargs or method != "__call__" or ufunc.__name__ not in _UFUNCS:
             raise Unsupported(f"np.{ufunc.__name__}.{method} with {sorted(kwargs)}")
         return _UFUNCS[ufunc.__name__](*inputs)
 
     def __array_function__(self, func, types, args, kwargs):
-        fn = _FUNCTIONS.get(func)
+        fn = _af.FUNCTIONS.get(func)
         if fn is None:
             raise Unsupported(f"{getattr(func, '__module__', '')}.{func.__name__}")
         args, kwargs = npfuncs.without_out_and_dtype(func, args, kwargs)
@@ -481,23 +499,6 @@ def _sum(a, axis=None, keepdims=False, dtype=None, out=None, **kw):
     return AArray(g, node, out_shape)
 
 
-def _np_sum(a, axis=None, dtype=None, out=None, keepdims=False, initial=npfuncs.NO_VALUE,
-            where=npfuncs.NO_VALUE):
-    """np.sum; ``initial=`` and ``where=`` are left to the scalar tracer."""
-    npfuncs.check_dtype("np.sum", dtype)
-    npfuncs.check_out("np.sum", out)
-    if initial is not npfuncs.NO_VALUE or where is not npfuncs.NO_VALUE:
-        raise Unsupported("np.sum with initial= or where=")
-    return _sum(a, axis, keepdims)
-
-
-def _lifted(fn):
-    """``fn`` (from symad.npfuncs) on the operand as an AArray (lists are refused here)."""
-    def on_array(a, *args, **kwargs):
-        return fn(_lift(_graph_of([a]), a), *args, **kwargs)
-    return on_array
-
-
 def _expand(a: AArray, axis: int) -> AArray:
     return AArray(a.graph, a.node, a.shape[:axis] + (1,) + a.shape[axis:])
 
@@ -522,26 +523,10 @@ def _matmul(x, y):
     return out
 
 
-def _dot(x, y, out=None):
-    npfuncs.check_out("np.dot", out)
-    g = _graph_of([x, y])
-    a, b = _lift(g, x), _lift(g, y)
-    if a.ndim <= 2 and b.ndim <= 2 and a.ndim and b.ndim:
-        return _matmul(a, b)
-    if a.ndim == 0 or b.ndim == 0:
-        return a * b
-    raise Unsupported("dot of arrays beyond 2-d")
-
-
 def _where(cond, a=None, b=None):
     if a is None or b is None:
         raise Unsupported("where with one argument")
     return _elementwise("where", cond, a, b)
-
-
-def _reshape(a, shape=None, order="C", newshape=None):
-    return _lift(_graph_of([a]), a).reshape(shape if shape is not None else newshape,
-                                            order=order)
 
 
 def _unary(op):
@@ -554,58 +539,6 @@ def _binary(op):
 
 def _ceil(x):
     return -_elementwise("floor", -_lift(_graph_of([x]), x))
-
-
-def _clip(a, *args, **kwargs):
-    lo, hi = npfuncs.clip_bounds(*args, **kwargs)
-    r = a
-    if lo is not None:
-        r = _elementwise("maximum", r, lo)
-    if hi is not None:
-        r = _elementwise("minimum", r, hi)
-    return r
-
-
-def _diff(a, n=1, axis=-1, **kw):
-    if kw or int(n) < 0:    # numpy's own raises for n < 0
-        raise Unsupported("np.diff with prepend=, append= or n < 0")
-    g = _graph_of([a])
-    a = _lift(g, a)
-    for _ in range(n):
-        a = a[_slice_at(a.ndim, axis, slice(1, None))] - a[_slice_at(a.ndim, axis,
-                                                                      slice(None, -1))]
-    return a
-
-
-def _slice_at(ndim: int, axis: int, sl: slice) -> tuple:
-    key = [slice(None)] * ndim
-    key[axis] = sl
-    return tuple(key)
-
-
-def _outer(a, b, out=None):
-    npfuncs.check_out("np.outer", out)
-    g = _graph_of([a, b])
-    return _lift(g, a).ravel()[:, None] * _lift(g, b).ravel()[None, :]
-
-
-def _vdot(a, b):
-    g = _graph_of([a, b])
-    return _sum(_lift(g, a).ravel() * _lift(g, b).ravel())
-
-
-def _inner(a, b):
-    """np.inner: the sum over the last axes, shape ``a.shape[:-1] + b.shape[:-1]``."""
-    g = _graph_of([a, b])
-    a, b = _lift(g, a), _lift(g, b)
-    if a.ndim == 0 or b.ndim == 0:
-        return a * b
-    if a.shape[-1] != b.shape[-1]:
-        raise Unsupported(f"np.inner of shapes {a.shape} and {b.shape}")
-    lead_a, lead_b = a.shape[:-1], b.shape[:-1]
-    x = a.reshape(lead_a + (1,) * len(lead_b) + a.shape[-1:])
-    y = b.reshape((1,) * len(lead_a) + b.shape)
-    return _sum(x * y, -1)
 
 
 def _rearranging(func):
@@ -647,37 +580,13 @@ def _joining(func):
 
 _UFUNCS = composite.ufunc_table(_unary, _binary, _power, _where, ceil=_ceil, matmul=_matmul)
 
-# Keyed by the function object, not its name: np.linalg.diagonal (the last two axes) is
-# not np.diagonal (the first two), np.linalg.outer takes vectors only, and so on. A
-# numpy function missing here is Unsupported: the scalar tracer runs it instead.
-_FUNCTIONS: dict[Any, Any] = {
-    np.sum: _np_sum, np.mean: _lifted(npfuncs.mean),
-    np.average: _lifted(npfuncs.average), np.var: _lifted(npfuncs.var),
-    np.std: _lifted(npfuncs.std), np.dot: _dot,
-    np.where: _where, np.clip: _clip, np.linalg.norm: _lifted(npfuncs.norm), np.diff: _diff,
-    np.outer: _outer, np.inner: _inner, np.vdot: _vdot, np.reshape: _reshape,
-    np.shape: lambda a: a.shape, np.ndim: lambda a: len(a.shape),
-    np.size: lambda a, axis=None: a.size if axis is None else a.shape[axis],
-    **{f: _rearranging(f) for f in (
-        np.ravel, np.transpose, np.swapaxes, np.moveaxis, np.squeeze, np.expand_dims,
-        np.atleast_1d, np.atleast_2d, np.broadcast_to, np.tile, np.repeat, np.flip,
-        np.fliplr, np.flipud, np.roll, np.take, np.diagonal, np.copy)},
-    **{f: _joining(f) for f in (
-        np.concatenate, np.stack, np.hstack, np.vstack, np.column_stack)},
-}
-# numpy >= 2: the array-API functions whose semantics the above already give
-for _name in ("diagonal", "matrix_transpose"):
-    if hasattr(np.linalg, _name):
-        _f = getattr(np.linalg, _name)
-        _FUNCTIONS[_f] = _rearranging(_f)
-if hasattr(np, "matrix_transpose"):
-    _FUNCTIONS[np.matrix_transpose] = _rearranging(np.matrix_transpose)
-if hasattr(np.linalg, "matmul"):
-    _FUNCTIONS[np.linalg.matmul] = _matmul
-if hasattr(np.linalg, "vector_norm"):
-    _FUNCTIONS[np.linalg.vector_norm] = _lifted(npfuncs.vector_norm)
-    _FUNCTIONS[np.linalg.matrix_norm] = _lifted(npfuncs.matrix_norm)
+# numpy's functions (np.einsum, np.max ...) on traced arrays: their own module, which
+# builds on the helpers above.
+from . import array_functions as _af  # noqa: E402
 
+_FUNCTIONS = _af.FUNCTIONS
+if hasattr(np, "vecdot"):          # a ufunc in numpy >= 2
+    _UFUNCS["vecdot"] = _af.vecdot
 
 # ---- reverse mode -------------------------------------------------------------------------
 
