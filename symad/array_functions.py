@@ -5,12 +5,12 @@
 through :func:`ufunc_method`. Each builds one or a few array nodes per call with the
 helpers of :mod:`symad.arrays`, never one per element:
 
-- reductions other than sums (``np.max``, ``np.prod`` ...) fold up to ``SMALL_REDUCTION``
+- reductions other than sums (``np.max``, ``np.prod`` ...) fold up to ``FOLD_CHAIN``
   strided gathers at a time, in numpy's order, then store the partial results and fold
   those (nodes grow with the logarithm of the axis length);
-- scans (``np.cumsum``, ``np.cumprod``) chain one gather and one operation per step,
-  joined by a tree of distinct sums; long axes scan blocks of about sqrt(L) steps and
-  then the block totals;
+- scans: a running sum is one sum node over each output's terms; other scans
+  (``np.cumprod``, ``np.maximum.accumulate``) chain one gather and one operation per step,
+  joined by a tree of distinct sums; long axes scan blocks, then the block totals;
 - contractions (``np.einsum``, ``np.tensordot``, ``np.linalg.multi_dot`` ...) multiply
   their operands pairwise, left to right as numpy does without ``optimize=``, summing each
   index as soon as no later operand or the output has it;
@@ -32,7 +32,6 @@ import numpy as np
 
 from . import npfuncs
 from .arrays import (
-    SMALL_REDUCTION,
     AArray,
     Unsupported,
     _axes,
@@ -47,9 +46,19 @@ from .arrays import (
     _where,
 )
 
-# Scans along at most this many steps chain them all (numpy's order, bit for bit); longer
-# ones scan blocks, then the block totals (sqrt(L) nodes, rounded differently).
+# Reductions (other than sums) over at most this many elements per output chain them all,
+# each a strided gather (one loop, nothing stored; as arrays.SMALL_REDUCTION for sums).
+# Longer rows fold groups of this many and store the groups' results: the GMM benchmark's
+# max over 25 components, with its gradient, ran in 1.4 ms so and 2.2 ms as one chain.
+FOLD_CHAIN = 8
+
+# Running sums along at most SCAN_SUMS steps add each output's terms in one sum node;
+# other scans along at most SCAN_CHAIN steps chain them (numpy's order, bit for bit).
+# Longer ones scan blocks (SCAN_BLOCK steps of a sum, about sqrt(L) of the others), then
+# the block totals (rounded differently from numpy's one pass).
+SCAN_SUMS = 64
 SCAN_CHAIN = 32
+SCAN_BLOCK = 16
 
 
 
@@ -76,38 +85,38 @@ def _columns(a: AArray, axes: tuple) -> np.ndarray:
 
 def _fold(op: str, a: AArray, axes: tuple, keepdims: bool = False, seed=None) -> AArray:
     """``op`` folded over ``axes`` left to right (``seed`` first), in numpy's order for
-    up to SMALL_REDUCTION elements per output. Longer rows fold groups of that many
-    consecutive elements, store the partial results and fold those: a fold of an
-    associative choice (``maximum`` keeps the last of equal values, as numpy) gives
+    up to FOLD_CHAIN elements per output. Longer rows fold groups of that many
+    consecutive elements (and the rest), store the groups' results and fold those: a fold
+    of an associative choice (``maximum`` keeps the last of equal values, as numpy) gives
     numpy's result, a product rounds in another order."""
     g = a.graph
     cols = _columns(a, axes)
     n_out, per = cols.shape
     if per == 0:
         raise Unsupported(f"a {op} over an empty axis")
-    node = a.node
-    while per > SMALL_REDUCTION:
-        groups, rest = divmod(per, SMALL_REDUCTION)
-        full = cols[:, :groups * SMALL_REDUCTION]
-        acc = g.gather(node, full[:, 0::SMALL_REDUCTION].reshape(-1))
-        for r in range(1, SMALL_REDUCTION):
-            acc = g.node(op, (acc, g.gather(node, full[:, r::SMALL_REDUCTION].reshape(-1))))
-        # The partial results, then the rest, stored as the next row: a sum over distinct
-        # positions, which later gathers read from memory (a gather of the elementwise
-        # ``acc`` would compute it again at every level).
-        width = groups + rest
-        dest = np.arange(n_out * width).reshape(n_out, width)
-        stored = g.segment_sum(acc, dest[:, :groups].reshape(-1), n_out * width)
-        if rest:
-            tail = g.gather(node, cols[:, groups * SMALL_REDUCTION:].reshape(-1))
-            stored = g.node("add", (stored, g.segment_sum(
-                tail, dest[:, groups:].reshape(-1), n_out * width)))
-        node, cols, per = stored, dest, width
-    acc = g.gather(node, cols[:, 0])
-    if seed is not None:
-        acc = g.node(op, (_lift(g, seed).node, acc))
-    for r in range(1, per):
-        acc = g.node(op, (acc, g.gather(node, cols[:, r])))
+    node, tails = a.node, []
+
+    def chain(columns, acc=None):
+        for c in columns.T:
+            x = g.gather(node, c)
+            acc = x if acc is None else g.node(op, (acc, x))
+        return acc
+    while per > FOLD_CHAIN:
+        groups, rest = divmod(per, FOLD_CHAIN)
+        if rest:        # the last elements: folded into the result last
+            tails.append(chain(cols[:, groups * FOLD_CHAIN:]))
+        acc = g.gather(node, cols[:, 0:groups * FOLD_CHAIN:FOLD_CHAIN].reshape(-1))
+        for r in range(1, FOLD_CHAIN):
+            acc = g.node(op, (acc, g.gather(node, cols[:, r:groups * FOLD_CHAIN:FOLD_CHAIN]
+                                            .reshape(-1))))
+        # stored (a sum over distinct positions: a copy), as the next level reads it at
+        # other positions: gathers of the elementwise ``acc`` would compute it again
+        node = g.segment_sum(acc, np.arange(acc.size), acc.size)
+        cols, per = np.arange(acc.size).reshape(n_out, groups), groups
+    acc = None if seed is None else _lift(g, seed).node
+    acc = chain(cols, acc)
+    for tail in reversed(tails):
+        acc = g.node(op, (acc, tail))
     shape = tuple(1 if ax in axes else d for ax, d in enumerate(a.shape)) if keepdims \
         else tuple(d for ax, d in enumerate(a.shape) if ax not in axes)
     return AArray(g, acc, shape)
@@ -128,13 +137,21 @@ def _stack_nodes(g, nodes: list) -> Any:
     return nodes[0]
 
 
-_IDENTITY = {"add": -0.0, "mul": 1.0}
+# op(identity, x) == x for every x (NaN and -0.0 included)
+_IDENTITY = {"add": -0.0, "mul": 1.0, "maximum": -math.inf, "minimum": math.inf}
 
 
 def _scan_rows(g, op: str, node, rows: np.ndarray):
     """The running ``op`` down the rows of ``rows`` (positions in ``node``, shape
     ``(steps, width)``): a node of ``steps * width`` elements in that layout."""
     steps, width = rows.shape
+    if op == "add" and steps <= SCAN_SUMS:
+        # Output j sums rows 0..j, in that order (a sum adds in increasing position):
+        # numpy's running sum in two nodes, steps * (steps + 1) / 2 additions per column.
+        js, its = np.tril_indices(steps)
+        terms = g.gather(node, rows[its].T.reshape(-1))
+        segments = (js[None, :] * width + np.arange(width)[:, None]).reshape(-1)
+        return g.segment_sum(terms, segments, steps * width)
     if steps <= SCAN_CHAIN or op not in _IDENTITY:
         out = [g.gather(node, rows[0])]
         for i in range(1, steps):
@@ -143,7 +160,8 @@ def _scan_rows(g, op: str, node, rows: np.ndarray):
     # Blocks of ``size`` steps (the last padded with op's identity, which changes no
     # value): scan within the blocks, then the block totals, and apply each block's
     # total of the blocks before it.
-    size = math.isqrt(steps - 1) + 1
+    # (a running sum's blocks are short: its terms cost size / 2 gathered elements each)
+    size = SCAN_BLOCK if op == "add" else math.isqrt(steps - 1) + 1
     blocks = -(-steps // size)
     padded = np.full((blocks * size, width), -1, np.int64)
     padded[:steps] = rows
@@ -271,8 +289,8 @@ def _einsum_terms(operands: tuple) -> tuple[list[str], str | None, list]:
     def term(sublist) -> str:
         return "".join("..." if s is Ellipsis else _LETTERS[int(s)] for s in sublist)
     pairs = len(operands) // 2
-    out = term(operands[-1]) if len(operands) % 2 else None   # the output sublist last
-    return ([term(s) for s in operands[1:2 * pairs:2]], out,
+    last = term(operands[-1]) if len(operands) % 2 else None   # the output sublist last
+    return ([term(s) for s in operands[1:2 * pairs:2]], last,
             list(operands[0:2 * pairs:2]))
 
 
@@ -304,10 +322,11 @@ def _diagonals(a: AArray, labels: list) -> tuple[AArray, list]:
 def _contract(arrays_: list[AArray], labels: list[list], out: list) -> AArray:
     """The product of the labelled arrays summed over every label not in ``out``:
     pairwise, left to right; a label is summed as soon as no later array has it."""
-    cur, cur_labels = None, []
+    cur: AArray = arrays_[0]
+    cur_labels: list = []
     for i, (b, b_labels) in enumerate(zip(arrays_, labels)):
-        if cur is None:
-            cur, cur_labels = b, list(b_labels)
+        if i == 0:
+            cur_labels = list(b_labels)
         else:
             union = cur_labels + [x for x in b_labels if x not in cur_labels]
             a = cur.reshape(cur.shape + (1,) * (len(union) - len(cur_labels)))
@@ -404,7 +423,7 @@ def _chain_order(dims: list[int]) -> list:
     """numpy's multi_dot order for matrices ``dims[i] x dims[i + 1]``: the split of
     least multiplications (the first of equal ones), as a nested pair tree of indices."""
     n = len(dims) - 1
-    cost = [[0] * n for _ in range(n)]
+    cost = [[0.0] * n for _ in range(n)]
     split = [[0] * n for _ in range(n)]
     for length in range(1, n):
         for i in range(n - length):
