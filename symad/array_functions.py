@@ -95,6 +95,7 @@ def _fold(op: str, a: AArray, axes: tuple, keepdims: bool = False, seed=None) ->
     if per == 0:
         raise Unsupported(f"a {op} over an empty axis")
     node, tails = a.node, []
+    first = None if seed is None else _lift(g, seed).node
 
     def chain(columns, acc=None):
         for c in columns.T:
@@ -109,12 +110,16 @@ def _fold(op: str, a: AArray, axes: tuple, keepdims: bool = False, seed=None) ->
         for r in range(1, FOLD_CHAIN):
             acc = g.node(op, (acc, g.gather(node, cols[:, r:groups * FOLD_CHAIN:FOLD_CHAIN]
                                             .reshape(-1))))
+        if groups == 1:
+            break
         # stored (a sum over distinct positions: a copy), as the next level reads it at
         # other positions: gathers of the elementwise ``acc`` would compute it again
         node = g.segment_sum(acc, np.arange(acc.size), acc.size)
         cols, per = np.arange(acc.size).reshape(n_out, groups), groups
-    acc = None if seed is None else _lift(g, seed).node
-    acc = chain(cols, acc)
+    else:
+        acc, first = chain(cols, first), None
+    if first is not None:
+        acc = g.node(op, (first, acc))
     for tail in reversed(tails):
         acc = g.node(op, (acc, tail))
     shape = tuple(1 if ax in axes else d for ax, d in enumerate(a.shape)) if keepdims \
