@@ -114,8 +114,8 @@ def _fold(op: str, a: AArray, axes: tuple, keepdims: bool = False, seed=None) ->
             break
         # stored (a sum over distinct positions: a copy), as the next level reads it at
         # other positions: gathers of the elementwise ``acc`` would compute it again
-        node = g.segment_sum(acc, np.arange(acc.size), acc.size)
-        cols, per = np.arange(acc.size).reshape(n_out, groups), groups
+        node = g.segment_sum(acc, np.arange(n_out * groups), n_out * groups)
+        cols, per = np.arange(n_out * groups).reshape(n_out, groups), groups
     else:
         acc, first = chain(cols, first), None
     if first is not None:
@@ -127,19 +127,20 @@ def _fold(op: str, a: AArray, axes: tuple, keepdims: bool = False, seed=None) ->
     return AArray(g, acc, shape)
 
 
-def _stack_nodes(g, nodes: list) -> Any:
-    """The nodes' elements one after another (a pairwise tree of distinct sums)."""
-    while len(nodes) > 1:
+def _stack_nodes(g, nodes: list, size: int) -> Any:
+    """The nodes' elements (``size`` each) one after another (a pairwise tree of
+    distinct sums)."""
+    parts = [(n, size) for n in nodes]
+    while len(parts) > 1:
         paired = []
-        for k in range(0, len(nodes) - 1, 2):
-            x, y = nodes[k], nodes[k + 1]
-            total = x.size + y.size
-            paired.append(g.node("add", (g.segment_sum(x, np.arange(x.size), total),
-                                         g.segment_sum(y, x.size + np.arange(y.size), total))))
-        if len(nodes) % 2:
-            paired.append(nodes[-1])
-        nodes = paired
-    return nodes[0]
+        for (x, nx), (y, ny) in zip(parts[0::2], parts[1::2]):
+            paired.append((g.node("add", (g.segment_sum(x, np.arange(nx), nx + ny),
+                                          g.segment_sum(y, nx + np.arange(ny), nx + ny))),
+                           nx + ny))
+        if len(parts) % 2:
+            paired.append(parts[-1])
+        parts = paired
+    return parts[0][0]
 
 
 # op(identity, x) == x for every x (NaN and -0.0 included)
@@ -161,7 +162,7 @@ def _scan_rows(g, op: str, node, rows: np.ndarray):
         out = [g.gather(node, rows[0])]
         for i in range(1, steps):
             out.append(g.node(op, (out[-1], g.gather(node, rows[i]))))
-        return _stack_nodes(g, out)
+        return _stack_nodes(g, out, width)
     # Blocks of ``size`` steps (the last padded with op's identity, which changes no
     # value): scan within the blocks, then the block totals, and apply each block's
     # total of the blocks before it.
@@ -171,14 +172,14 @@ def _scan_rows(g, op: str, node, rows: np.ndarray):
     padded = np.full((blocks * size, width), -1, np.int64)
     padded[:steps] = rows
     by_step = padded.reshape(blocks, size, width).transpose(1, 0, 2).reshape(size, -1)
-    values = _fill(AArray(g, node, (node.size,)), by_step, _IDENTITY[op])
-    within = _scan_rows(g, op, values.node, np.arange(values.size).reshape(size, -1))
+    values = _fill(g, node, by_step, _IDENTITY[op])
+    within = _scan_rows(g, op, values.node, np.arange(by_step.size).reshape(size, -1))
     totals = _scan_rows(g, op, within,
                         (size - 1) * blocks * width + np.arange(blocks * width).reshape(
                             blocks, width)[:-1])
     before = np.full((size, blocks, width), -1, np.int64)
     before[:, 1:] = np.arange((blocks - 1) * width).reshape(blocks - 1, width)
-    offsets = _fill(AArray(g, totals, (totals.size,)), before, _IDENTITY[op])
+    offsets = _fill(g, totals, before, _IDENTITY[op])
     scanned = g.node(op, (offsets.node, within))
     # back to step-major order, without the padding
     order = np.arange(size * blocks * width).reshape(size, blocks, width).transpose(
@@ -587,12 +588,11 @@ def _kron(a, b):
 
 # ---- placing elements -----------------------------------------------------------------------
 
-def _fill(a: AArray, index: np.ndarray, fill) -> AArray:
-    """``a``'s flat elements at ``index`` (its shape), ``fill`` where the index is -1 (a
+def _fill(g, node, index: np.ndarray, fill) -> AArray:
+    """``node``'s elements at ``index`` (its shape), ``fill`` where the index is -1 (a
     number or a constant array of that shape)."""
     index = np.asarray(index, dtype=np.int64)
-    g = a.graph
-    gathered = AArray(g, g.gather(a.node, np.maximum(index, 0).reshape(-1)), index.shape)
+    gathered = AArray(g, g.gather(node, np.maximum(index, 0).reshape(-1)), index.shape)
     if (index >= 0).all():
         return gathered
     return _elementwise("where", (index >= 0).astype(np.float64), gathered, fill)
@@ -601,7 +601,8 @@ def _fill(a: AArray, index: np.ndarray, fill) -> AArray:
 def _placing(a: AArray, fn, fill=0.0) -> AArray:
     """``fn`` (a numpy function that moves elements and puts zeros elsewhere) applied
     to ``a``'s positions; ``fill`` where it put zeros."""
-    return _fill(a, np.asarray(fn(np.arange(1, a.size + 1).reshape(a.shape))) - 1, fill)
+    return _fill(a.graph, a.node, np.asarray(fn(np.arange(1, a.size + 1).reshape(a.shape))) - 1,
+                 fill)
 
 
 def _diag(v, k=0):
