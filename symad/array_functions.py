@@ -61,7 +61,6 @@ SCAN_CHAIN = 32
 SCAN_BLOCK = 16
 
 
-
 def _lifted(fn):
     """``fn`` (from symad.npfuncs) on the operand as an AArray (lists are refused here)."""
     def on_array(a, *args, **kwargs):
@@ -315,13 +314,13 @@ def _labels(term: str, ndim: int, width: int) -> list:
 
 
 def _diagonals(a: AArray, labels: list) -> tuple[AArray, list]:
-    """Repeated labels of one operand: its diagonal over those axes."""
-    for i, lab in enumerate(labels):
-        j = labels.index(lab, i + 1) if labels.count(lab) > 1 else -1
-        if j >= 0:
-            a = _restructure(a, lambda p, i=i, j=j: np.diagonal(p, 0, i, j))
-            rest = [x for k, x in enumerate(labels) if k not in (i, j)]
-            return _diagonals(a, [*rest, lab])
+    """Repeated labels of one operand: its diagonal over those axes (numpy puts the
+    diagonal's axis last)."""
+    while len(set(labels)) < len(labels):
+        i = next(k for k, x in enumerate(labels) if labels.count(x) > 1)
+        j = labels.index(labels[i], i + 1)
+        a = _restructure(a, lambda p, i=i, j=j: np.diagonal(p, 0, i, j))
+        labels = [x for k, x in enumerate(labels) if k not in (i, j)] + [labels[i]]
     return a, labels
 
 
