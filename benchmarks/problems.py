@@ -32,6 +32,7 @@ class Problem:
     sampler: Callable            # sampler(rng, N) -> (N, n) array of batch points
     description: str = ""
     params: dict = field(default_factory=dict)
+    symbolic: bool = True        # small enough for the symbolic systems (SymPy, CasADi ...)
 
     def args(self, x=None):
         """Arguments in the problem's calling convention from a flat point."""
@@ -53,7 +54,8 @@ def numpy_namespace():
     """Float numpy (reference evaluation) and symad tracing: numpy ufuncs trace."""
     import scipy.special
     return SimpleNamespace(sin=np.sin, cos=np.cos, exp=np.exp, log=np.log, sqrt=np.sqrt,
-                           tanh=np.tanh, erf=scipy.special.erf, sum=np.sum)
+                           tanh=np.tanh, erf=scipy.special.erf, sum=np.sum, max=np.max,
+                           einsum=np.einsum)
 
 
 def symad_namespace():
@@ -143,6 +145,43 @@ def black_scholes(m, s, k, t, r, sigma):
     return s * ncdf1 - k * m.exp(-r * t) * ncdf2
 
 
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gmm_einsum(m, theta, *, X, K):
+    """Negative log-likelihood of the points ``X`` (N x d) under K diagonal Gaussians;
+    ``theta`` holds K rows of (mean (d), log standard deviation (d), weight logit)."""
+    N, d = X.shape
+    p = theta.reshape(theta.shape[:-1] + (K, 2 * d + 1))
+    mu, log_s, logit = p[..., :d], p[..., d:2 * d], p[..., 2 * d]
+    diff = X[:, None, :] - mu[..., None, :, :]                       # (..., N, K, d)
+    maha = m.einsum("...nkd,...kd,...nkd->...nk", diff, m.exp(-2.0 * log_s), diff)
+    log_p = (logit - m.sum(log_s, axis=-1))[..., None, :] - 0.5 * maha
+    top = m.max(log_p, axis=-1, keepdims=True)                        # log-sum-exp over K
+    lse = top[..., 0] + m.log(m.sum(m.exp(log_p - top), axis=-1))
+    # the weights' normaliser, log sum_k exp(logit_k), once for all N points
+    top_w = m.max(logit, axis=-1, keepdims=True)
+    norm = top_w[..., 0] + m.log(m.sum(m.exp(logit - top_w), axis=-1))
+    return N * (norm + 0.5 * d * _LOG_2PI) - m.sum(lse, axis=-1)
+
+
+def gmm_problem(K: int, d: int, N: int = 1000, name: str | None = None) -> Problem:
+    """The Gaussian mixture objective for K components in d dimensions, N points drawn
+    from a mixture near the test point."""
+    rng = np.random.default_rng(100 * K + d)
+    means = rng.normal(0.0, 3.0, (K, d))
+    X = means[rng.integers(0, K, N)] + rng.normal(0.0, 1.0, (N, d))
+    point = np.concatenate([means + rng.normal(0.0, 0.3, (K, d)),
+                            rng.normal(0.0, 0.1, (K, d)), rng.normal(0.0, 0.1, (K, 1))],
+                           axis=1).ravel()
+    n = point.size
+    return Problem(name or f"gmm_einsum_{K}x{d}", "vector", n, _bind(gmm_einsum, X=X, K=K),
+                   tuple(point), lambda rng, B: point + rng.normal(0.0, 0.05, (B, n)),
+                   f"Gaussian mixture NLL (np.einsum, log-sum-exp), N = {N} points, "
+                   f"K = {K} components, d = {d}", {"K": K, "d": d, "N": N},
+                   symbolic=False)
+
+
 # ---- samplers -------------------------------------------------------------------------------
 
 def _uniform(lo, hi):
@@ -195,6 +234,7 @@ def _make_problems() -> list[Problem]:
                        (100.0, 95.0, 0.75, 0.03, 0.25),
                        _uniform([80, 80, 0.1, 0.0, 0.1], [120, 120, 2.0, 0.08, 0.5]),
                        "Black-Scholes call price (S, K, T, r, sigma); gradient = Greeks"))
+    out.append(gmm_problem(25, 10, name="gmm_einsum"))
     return out
 
 

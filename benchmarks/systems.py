@@ -136,7 +136,8 @@ def build_jax(p: Problem) -> Impl:
     import jax.numpy as jnp
     import jax.scipy.special
     m = SimpleNamespace(sin=jnp.sin, cos=jnp.cos, exp=jnp.exp, log=jnp.log, sqrt=jnp.sqrt,
-                        tanh=jnp.tanh, erf=jax.scipy.special.erf, sum=jnp.sum)
+                        tanh=jnp.tanh, erf=jax.scipy.special.erf, sum=jnp.sum, max=jnp.max,
+                        einsum=jnp.einsum)
 
     def f(*a):
         return p.fn(m, *a)
@@ -173,7 +174,8 @@ def build_autograd(p: Problem) -> Impl:
     import autograd.numpy as anp
     import autograd.scipy.special as asp
     m = SimpleNamespace(sin=anp.sin, cos=anp.cos, exp=anp.exp, log=anp.log, sqrt=anp.sqrt,
-                        tanh=anp.tanh, erf=asp.erf, sum=anp.sum)
+                        tanh=anp.tanh, erf=asp.erf, sum=anp.sum, max=anp.max,
+                        einsum=anp.einsum)
     if p.kind == "scalars":
         def f(x):
             return p.fn(m, *[x[..., i] for i in range(p.n)])
@@ -489,14 +491,15 @@ SYSTEMS: dict[str, System] = {s.name: s for s in (
            "jit(value_and_grad), device arrays, block_until_ready", "jit(vmap(...))",
            setup=setup_jax),
     System("casadi", ("casadi",), build_casadi, "Function(DM/numpy) call",
-           "Function.buffer()", "Function.map(N)"),
+           "Function.buffer()", "Function.map(N)", supports=lambda p: p.symbolic),
     System("casadi_c", ("casadi",), lambda p: build_casadi(p, compiled_c=True),
            "external(generated C) call", "external Function.buffer()",
-           "external Function.map(N)", supports=lambda p: CC is not None),
+           "external Function.map(N)", supports=lambda p: CC is not None and p.symbolic),
     System("symengine", ("symengine",), build_symengine, "Lambdify(x)",
-           "Lambdify(x, out=buf)", "Lambdify(2-D array)"),
+           "Lambdify(x, out=buf)", "Lambdify(2-D array)", supports=lambda p: p.symbolic),
     System("sympy", ("sympy", "scipy"), build_sympy, "lambdify numpy module, cse=True",
-           "lambdify math module, cse=True", "numpy broadcasting"),
+           "lambdify math module, cse=True", "numpy broadcasting",
+           supports=lambda p: p.symbolic),
     System("autograd", ("autograd", "scipy"), build_autograd, "value_and_grad(f)(x)",
            "value_and_grad(f)(x) (no faster path)", "grad of sum over a broadcast batch"),
     System("numba", ("numba",), build_numba, "@njit value+grad returning (v, g)",

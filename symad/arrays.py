@@ -11,7 +11,9 @@ it for the single-call and batch kernels of large array programs
 (``symad.policy.ARRAY_MIN_ELEMENTS``); transformed functions (Hessians ...) and
 pickling stay on the scalar graph, built when first asked for.
 
-Anything outside this (in-place assignment, data-dependent control flow ...) raises
+numpy's functions (``np.einsum``, ``np.max``, ``np.cumsum`` ...) are built from these in
+:mod:`symad.array_functions`. Anything outside this (``np.sort``, in-place assignment,
+data-dependent control flow ...) raises
 :class:`Unsupported`, and the caller uses the scalar tracer instead, which gives the
 user-facing error if there is one.
 """
@@ -20,14 +22,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from . import composite, interp, npfuncs, policy
+from . import composite, npfuncs, policy
 from .graph import Graph, Node
-from .tree import tree_flatten
 
 
 class Unsupported(Exception):
@@ -117,14 +117,32 @@ class AArray:
     def transpose(self, *axes):
         return _restructure(self, lambda p: p.transpose(*axes))
 
-    def sum(self, *args, **kwargs):
-        return _np_sum(self, *args, **kwargs)
+    # ndarray's methods: numpy's functions of the same parameters
+    def sum(self, *args, **kwargs): return self._call(np.sum, args, kwargs)
+    def prod(self, *args, **kwargs): return self._call(np.prod, args, kwargs)
+    def max(self, *args, **kwargs): return self._call(np.max, args, kwargs)
+    def min(self, *args, **kwargs): return self._call(np.min, args, kwargs)
+    def mean(self, *args, **kwargs): return self._call(np.mean, args, kwargs)
+    def var(self, *args, **kwargs): return self._call(np.var, args, kwargs)
+    def std(self, *args, **kwargs): return self._call(np.std, args, kwargs)
+    def cumsum(self, *args, **kwargs): return self._call(np.cumsum, args, kwargs)
+    def cumprod(self, *args, **kwargs): return self._call(np.cumprod, args, kwargs)
+    def trace(self, *args, **kwargs): return self._call(np.trace, args, kwargs)
+    def diagonal(self, *args, **kwargs): return self._call(np.diagonal, args, kwargs)
+    def squeeze(self, *args, **kwargs): return self._call(np.squeeze, args, kwargs)
+    def swapaxes(self, *args, **kwargs): return self._call(np.swapaxes, args, kwargs)
+    def repeat(self, *args, **kwargs): return self._call(np.repeat, args, kwargs)
+    def take(self, *args, **kwargs): return self._call(np.take, args, kwargs)
+    def copy(self): return self
 
-    def mean(self, *args, **kwargs):
-        return npfuncs.mean(self, *args, **kwargs)
+    def clip(self, min=None, max=None, out=None, **kwargs):  # noqa: A002 (ndarray's names)
+        return self._call(np.clip, (min, max, out), kwargs)
 
-    def dot(self, other):
-        return _dot(self, other)
+    def dot(self, other, out=None):
+        return self._call(np.dot, (other, out), {})
+
+    def _call(self, func, args: tuple, kwargs: dict):
+        return self.__array_function__(func, (AArray,), (self, *args), kwargs)
 
     # arithmetic
     def __add__(self, o): return _elementwise("add", self, o)
@@ -162,9 +180,8 @@ class AArray:
         dtype = kwargs.pop("dtype", None)
         if dtype is not None and np.dtype(dtype) != np.float64:
             raise Unsupported(f"np.{ufunc.__name__} with dtype={dtype}")
-        if method == "reduce" and ufunc.__name__ == "add" and \
-                set(kwargs) <= {"axis", "keepdims"} and len(inputs) == 1:
-            return _sum(inputs[0], kwargs.get("axis", 0), kwargs.get("keepdims", False))
+        if method in _UFUNC_METHODS:
+            return _UFUNC_METHODS[method](ufunc, method, inputs, kwargs)
         # anything else given (out=, where=, initial=, order= ...): the scalar tracer's
         if kwargs or method != "__call__" or ufunc.__name__ not in _UFUNCS:
             raise Unsupported(f"np.{ufunc.__name__}.{method} with {sorted(kwargs)}")
@@ -297,23 +314,6 @@ def _sum(a, axis=None, keepdims=False, dtype=None, out=None, **kw):
     return AArray(g, node, out_shape)
 
 
-def _np_sum(a, axis=None, dtype=None, out=None, keepdims=False, initial=npfuncs.NO_VALUE,
-            where=npfuncs.NO_VALUE):
-    """np.sum; ``initial=`` and ``where=`` are left to the scalar tracer."""
-    npfuncs.check_dtype("np.sum", dtype)
-    npfuncs.check_out("np.sum", out)
-    if initial is not npfuncs.NO_VALUE or where is not npfuncs.NO_VALUE:
-        raise Unsupported("np.sum with initial= or where=")
-    return _sum(a, axis, keepdims)
-
-
-def _lifted(fn):
-    """``fn`` (from symad.npfuncs) on the operand as an AArray (lists are refused here)."""
-    def on_array(a, *args, **kwargs):
-        return fn(_lift(_graph_of([a]), a), *args, **kwargs)
-    return on_array
-
-
 def _expand(a: AArray, axis: int) -> AArray:
     return AArray(a.graph, a.node, a.shape[:axis] + (1,) + a.shape[axis:])
 
@@ -339,26 +339,10 @@ def _matmul(x, y):
     return out
 
 
-def _dot(x, y, out=None):
-    npfuncs.check_out("np.dot", out)
-    g = _graph_of([x, y])
-    a, b = _lift(g, x), _lift(g, y)
-    if a.ndim <= 2 and b.ndim <= 2 and a.ndim and b.ndim:
-        return _matmul(a, b)
-    if a.ndim == 0 or b.ndim == 0:
-        return a * b
-    raise Unsupported("dot of arrays beyond 2-d")
-
-
 def _where(cond, a=None, b=None):
     if a is None or b is None:
         raise Unsupported("where with one argument")
     return _elementwise("where", cond, a, b)
-
-
-def _reshape(a, shape=None, order="C", newshape=None):
-    return _lift(_graph_of([a]), a).reshape(shape if shape is not None else newshape,
-                                            order=order)
 
 
 def _unary(op):
@@ -371,60 +355,6 @@ def _binary(op):
 
 def _ceil(x):
     return -_elementwise("floor", -_lift(_graph_of([x]), x))
-
-
-def _clip(a, *args, **kwargs):
-    lo, hi = npfuncs.clip_bounds(*args, **kwargs)
-    r = a
-    if lo is not None:
-        r = _elementwise("maximum", r, lo)
-    if hi is not None:
-        r = _elementwise("minimum", r, hi)
-    return r
-
-
-def _diff(a, n=1, axis=-1, **kw):
-    if kw or int(n) < 0:    # numpy's own raises for n < 0
-        raise Unsupported("np.diff with prepend=, append= or n < 0")
-    g = _graph_of([a])
-    a = _lift(g, a)
-    for _ in range(n):
-        a = a[_slice_at(a.ndim, axis, slice(1, None))] - a[_slice_at(a.ndim, axis,
-                                                                      slice(None, -1))]
-    return a
-
-
-def _slice_at(ndim: int, axis: int, sl: slice) -> tuple:
-    key = [slice(None)] * ndim
-    key[axis] = sl
-    return tuple(key)
-
-
-def _outer(a, b, out=None):
-    npfuncs.check_out("np.outer", out)
-    g = _graph_of([a, b])
-    return _lift(g, a).ravel()[:, None] * _lift(g, b).ravel()[None, :]
-
-
-@_region
-def _vdot(a, b):
-    g = _graph_of([a, b])
-    return _sum(_lift(g, a).ravel() * _lift(g, b).ravel())
-
-
-@_region
-def _inner(a, b):
-    """np.inner: the sum over the last axes, shape ``a.shape[:-1] + b.shape[:-1]``."""
-    g = _graph_of([a, b])
-    a, b = _lift(g, a), _lift(g, b)
-    if a.ndim == 0 or b.ndim == 0:
-        return a * b
-    if a.shape[-1] != b.shape[-1]:
-        raise Unsupported(f"np.inner of shapes {a.shape} and {b.shape}")
-    lead_a, lead_b = a.shape[:-1], b.shape[:-1]
-    x = a.reshape(lead_a + (1,) * len(lead_b) + a.shape[-1:])
-    y = b.reshape((1,) * len(lead_a) + b.shape)
-    return _sum(x * y, -1)
 
 
 def _rearranging(func):
@@ -466,98 +396,15 @@ def _joining(func):
 
 _UFUNCS = composite.ufunc_table(_unary, _binary, _power, _where, ceil=_ceil, matmul=_matmul)
 
-# Keyed by the function object, not its name: np.linalg.diagonal (the last two axes) is
-# not np.diagonal (the first two), np.linalg.outer takes vectors only, and so on. A
-# numpy function missing here is Unsupported: the scalar tracer runs it instead.
-_FUNCTIONS: dict[Any, Any] = {
-    np.sum: _np_sum, np.mean: _lifted(npfuncs.mean),
-    np.average: _lifted(npfuncs.average), np.var: _lifted(npfuncs.var),
-    np.std: _lifted(npfuncs.std), np.dot: _dot,
-    np.where: _where, np.clip: _clip, np.linalg.norm: _lifted(npfuncs.norm), np.diff: _diff,
-    np.outer: _outer, np.inner: _inner, np.vdot: _vdot, np.reshape: _reshape,
-    np.shape: lambda a: a.shape, np.ndim: lambda a: len(a.shape),
-    np.size: lambda a, axis=None: a.size if axis is None else a.shape[axis],
-    **{f: _rearranging(f) for f in (
-        np.ravel, np.transpose, np.swapaxes, np.moveaxis, np.squeeze, np.expand_dims,
-        np.atleast_1d, np.atleast_2d, np.broadcast_to, np.tile, np.repeat, np.flip,
-        np.fliplr, np.flipud, np.roll, np.take, np.diagonal, np.copy)},
-    **{f: _joining(f) for f in (
-        np.concatenate, np.stack, np.hstack, np.vstack, np.column_stack)},
-}
-# numpy >= 2: the array-API functions whose semantics the above already give
-for _name in ("diagonal", "matrix_transpose"):
-    if hasattr(np.linalg, _name):
-        _f = getattr(np.linalg, _name)
-        _FUNCTIONS[_f] = _rearranging(_f)
-if hasattr(np, "matrix_transpose"):
-    _FUNCTIONS[np.matrix_transpose] = _rearranging(np.matrix_transpose)
-if hasattr(np.linalg, "matmul"):
-    _FUNCTIONS[np.linalg.matmul] = _matmul
-if hasattr(np.linalg, "vector_norm"):
-    _FUNCTIONS[np.linalg.vector_norm] = _lifted(npfuncs.vector_norm)
-    _FUNCTIONS[np.linalg.matrix_norm] = _lifted(npfuncs.matrix_norm)
+# numpy's functions (np.einsum, np.max ...) and ufunc methods (np.add.accumulate) on
+# traced arrays: symad.array_functions builds them on the helpers above and installs them
+# here; symad.array_trace, the entry that traces a call, imports it first.
+_FUNCTIONS: dict[Any, Any] = {}
+_UFUNC_METHODS: dict[str, Any] = {}
 
 
-# ---- tracing a call --------------------------------------------------------------------------
-
-class ArrayTrace:
-    """The traced program: graph, flat output nodes, and the pytree facts compile needs."""
-
-    def __init__(self, graph, inputs, outputs, out_tree, out_shapes):
-        self.graph = graph
-        self.inputs = inputs            # one node per argument leaf
-        self.outputs = outputs          # one node per output leaf
-        self.out_tree = out_tree
-        self.out_shapes = out_shapes
-
-    def elements(self, outputs: Sequence[Node]) -> int:
-        """Elements computed: the size of the scalar graph this stands for."""
-        return sum(n.size for n in self.graph.live(outputs) if n.args)
-
-
-def trace_call(f, args: tuple, shapes: Sequence[tuple]) -> ArrayTrace:
-    """Trace ``f(*args)`` with each argument leaf an ``input`` node; raises Unsupported."""
-    from .tree import tree_unflatten
-    graph = Graph(getattr(f, "__name__", "f"))
-    _, treedef, _ = tree_flatten(tuple(args), "")
-    leaves = []
-    for shape in shapes:
-        if math.prod(shape) == 0:
-            raise Unsupported("an empty array")     # every loop runs at least once
-        leaves.append(AArray(graph, graph.input(size=math.prod(shape)), shape))
-    inputs = list(graph.inputs)
-    traced_args = tree_unflatten(treedef, leaves)
-    try:
-        result = f(*traced_args)
-    except Unsupported:
-        raise
-    except Exception as exc:   # noqa: BLE001 (the scalar tracer reports user errors)
-        raise Unsupported(f"{type(exc).__name__}: {exc}") from exc
-    out_leaves, out_tree, _ = tree_flatten(result, "")
-    outputs, out_shapes = [], []
-    for leaf in out_leaves:
-        if isinstance(leaf, AArray):
-            if leaf.graph is not graph:
-                raise Unsupported("an output of another trace")
-            outputs.append(leaf.node)
-            out_shapes.append(leaf.shape)
-        elif isinstance(leaf, (numbers.Real, np.ndarray)) and \
-                np.asarray(leaf).dtype.kind in "biuf":
-            arr = np.asarray(leaf, dtype=np.float64)
-            outputs.append(graph.const(arr.reshape(-1)) if arr.size else graph.const(0.0))
-            out_shapes.append(arr.shape)
-            if arr.size == 0:
-                raise Unsupported("an empty output")
-        else:
-            raise Unsupported(f"an output of type {type(leaf).__name__}")
-    return ArrayTrace(graph, inputs, outputs, out_tree, out_shapes)
-
-
-def evaluate(graph: Graph, outputs: Sequence[Node], flat_inputs) -> list[np.ndarray]:
-    """The numpy reference value (flat) of each output node, given the argument elements
-    in ``graph.inputs`` order (:func:`symad.interp.evaluate` over their slices)."""
-    x = np.asarray(flat_inputs, dtype=np.float64)
-    bounds = np.cumsum([0] + [n.size for n in graph.inputs])
-    env = {n: x[lo] if n.size == 1 else x[lo:hi]
-           for n, lo, hi in zip(graph.inputs, bounds[:-1], bounds[1:])}
-    return [np.array(v).reshape(-1) for v in interp.evaluate(graph, outputs, env)]
+def install(functions: dict, ufunc_method, ufuncs: dict) -> None:
+    """Add numpy functions (by function object), the ufunc-method handler and ufuncs."""
+    _FUNCTIONS.update(functions)
+    _UFUNC_METHODS["reduce"] = _UFUNC_METHODS["accumulate"] = ufunc_method
+    _UFUNCS.update(ufuncs)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from .graph import Graph, Node
 from .ops import OPS
 from .trace import Tracer
@@ -70,6 +72,11 @@ _FLAG_OPS = frozenset(("lt", "le", "gt", "ge", "eq", "ne", "const"))
 _FLAG_ARITHMETIC = frozenset(("add", "sub", "mul", "neg"))
 
 
+def _finite(value) -> bool:
+    """Is a constant's value (a number, or a vector's ``Values``) finite everywhere?"""
+    return math.isfinite(value) if type(value) is float else bool(np.isfinite(value.array).all())
+
+
 def _bounded(partial: Node) -> bool:
     """Is ``partial`` finite by construction: arithmetic on comparisons and constants, as
     the selections' partials are (``gt(x, y) + 0.5 * eq(x, y)``)? Looks a few nodes
@@ -80,7 +87,7 @@ def _bounded(partial: Node) -> bool:
             return True
         n = todo.pop()
         if n.op in _FLAG_OPS:
-            if n.op == "const" and not math.isfinite(n.attrs[0]):
+            if n.op == "const" and not _finite(n.attrs[0]):
                 return False
             continue
         if n.op not in _FLAG_ARITHMETIC:

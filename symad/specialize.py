@@ -695,13 +695,13 @@ class ArraySpecialization(Specialization):
                 ) -> tuple[ArraySpecialization | None, str, Any]:
         """``(the specialization, "", None)`` when the policy takes the array level for
         this signature, else ``(None, why not, the array-level trace to unroll or None)``."""
-        from . import arrays
+        from . import array_trace
         from .ad import vjp_plain
         t0 = time.perf_counter()
         shapes = key[1]
         try:
-            tr = arrays.trace_call(opts.f, args, shapes)
-        except arrays.Unsupported as exc:
+            tr = array_trace.trace_call(opts.f, args, shapes)
+        except array_trace.Unsupported as exc:
             logs.log.debug("symad: %s: the scalar graph (array level: %s)",
                            opts.name, str(exc)[:200])
             return None, f"array level cannot trace it: {str(exc)[:200]}", None
@@ -771,8 +771,8 @@ class ArraySpecialization(Specialization):
     @property
     def graph(self):
         if self._graph is None:
-            from . import arrays
-            tr = arrays.trace_call(self._f, self._example, self.shapes)
+            from . import array_trace
+            tr = array_trace.trace_call(self._f, self._example, self.shapes)
             tr.graph.outputs = list(tr.outputs)
             self._graph = tr.graph
         return self._graph
@@ -783,8 +783,8 @@ class ArraySpecialization(Specialization):
         if spec is None:
             with self._lock:
                 if self._scalar_spec is None:
-                    from . import arrays
-                    tr = arrays.trace_call(self._f, self._example, self.shapes)
+                    from . import array_trace
+                    tr = array_trace.trace_call(self._f, self._example, self.shapes)
                     self._scalar_spec = Specialization.traced(self._opts, self.key,
                                                               self._example, "", tr)
                 spec = self._scalar_spec

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 
 import symad
-from symad import arrays, policy
+from symad import array_trace, policy
 
 pytest.importorskip("llvmlite")
 
 
 def _array_traced(f, *args):
     """f traced on the array level: the numpy reference of its graph (no fallback)."""
-    tr = arrays.trace_call(f, args, [np.shape(a) for a in args])
+    tr = array_trace.trace_call(f, args, [np.shape(a) for a in args])
     flat = np.concatenate([np.ravel(a) for a in args])
-    return arrays.evaluate(tr.graph, tr.outputs, flat)[0].reshape(tr.out_shapes[0])
+    return array_trace.evaluate(tr.graph, tr.outputs, flat)[0].reshape(tr.out_shapes[0])
 
 
 def _compiled(monkeypatch, f, *args, array: bool):
@@ -140,14 +140,10 @@ def test_linalg_functions_have_numpys_semantics(monkeypatch, name):
         return call(x) * 2.0
 
     want = f(T3)
-    if name in ("diagonal", "matrix_transpose", "matmul"):     # the array level has them
-        np.testing.assert_allclose(_array_traced(f, T3), want, rtol=1e-14)
-    else:                                                      # and falls back for these
-        with pytest.raises(arrays.Unsupported):
-            _array_traced(f, T3)
+    np.testing.assert_allclose(_array_traced(f, T3), want, rtol=1e-14)   # the array level
     for array in (True, False):
         got, on_arrays = _compiled(monkeypatch, f, T3, array=array)
-        assert on_arrays == (array and name in ("diagonal", "matrix_transpose", "matmul"))
+        assert on_arrays == array
         np.testing.assert_allclose(got, want, rtol=1e-14)
     _check_grad(lambda x: np.sum(np.tanh(call(x))), T3 * 0.01)
 
@@ -199,25 +195,25 @@ KEYWORD_CASES = [
      True),
     ("std correction", lambda x: np.std(x, axis=1, correction=1), True),
     ("std where keepdims", lambda x: np.std(x, where=MASK, keepdims=True), True),
-    ("method var ddof", lambda x: x.var(ddof=1), False),
-    ("max initial", lambda x: np.max(x, initial=5.0) * x, False),
-    ("max initial axis", lambda x: np.max(x, axis=1, initial=0.5), False),
-    ("max where", lambda x: np.max(x, axis=0, where=MASK, initial=-10.0), False),
-    ("min keepdims", lambda x: np.min(x, keepdims=True), False),
-    ("amin axes", lambda x: np.amin(x, axis=(0, 1)), False),
-    ("method max initial", lambda x: x.max(initial=1.0), False),
-    ("maximum.reduce initial", lambda x: np.maximum.reduce(x, axis=0, initial=3.0), False),
+    ("method var ddof", lambda x: x.var(ddof=1), True),
+    ("max initial", lambda x: np.max(x, initial=5.0) * x, True),
+    ("max initial axis", lambda x: np.max(x, axis=1, initial=0.5), True),
+    ("max where", lambda x: np.max(x, axis=0, where=MASK, initial=-10.0), True),
+    ("min keepdims", lambda x: np.min(x, keepdims=True), True),
+    ("amin axes", lambda x: np.amin(x, axis=(0, 1)), True),
+    ("method max initial", lambda x: x.max(initial=1.0), True),
+    ("maximum.reduce initial", lambda x: np.maximum.reduce(x, axis=0, initial=3.0), True),
     ("sum initial", lambda x: np.sum(x, initial=3.0), False),
     ("sum where", lambda x: np.sum(x, axis=0, where=MASK), False),
     ("sum traced where", lambda x: np.sum(x, axis=0, where=x > 0.2), False),
-    ("prod traced where", lambda x: np.prod(x[4], where=x[4] > 0.2, initial=2.0), False),
+    ("prod traced where", lambda x: np.prod(x[4], where=x[4] > 0.2, initial=2.0), True),
     ("sum positional keepdims", lambda x: np.sum(x, 1, None, None, True), True),
     ("method sum positional", lambda x: x.sum(0, np.float64, None, True), True),
     ("add.reduce initial", lambda x: np.add.reduce(x, axis=1, initial=2.0), False),
-    ("prod where initial", lambda x: np.prod(x, axis=1, where=MASK, initial=2.0), False),
+    ("prod where initial", lambda x: np.prod(x, axis=1, where=MASK, initial=2.0), True),
     ("clip min keyword", lambda x: np.clip(x, min=-0.5), True),
     ("clip max keyword", lambda x: np.clip(x, max=0.5), True),
-    ("method clip", lambda x: x.clip(-0.5, 0.5), False),
+    ("method clip", lambda x: x.clip(-0.5, 0.5), True),
     ("concatenate axis None", lambda x: np.concatenate([x, x[:2]], axis=None), True),
     ("size axis", lambda x: x * np.size(x, 1), True),
 ]
@@ -285,25 +281,25 @@ INF = np.inf
 AWAY = np.linspace(0.3, 1.9, 48).reshape(6, 8) * np.where(np.arange(48) % 3, 1.0, -1.0
                                                           ).reshape(6, 8)
 NORM_CASES = [(f"vector ord={o}", (lambda x, o=o: np.linalg.norm(x.ravel(), o)),
-               o not in (INF, -INF)) for o in (None, 2, 1, INF, -INF, 0, 3, -1, 0.5)]
+               True) for o in (None, 2, 1, INF, -INF, 0, 3, -1, 0.5)]
 NORM_CASES += [(f"vector ord={o} axis keepdims",
                 (lambda x, o=o: np.linalg.norm(x, o, axis=1, keepdims=True)),
-                o not in (INF, -INF)) for o in (None, 1, INF, 3)]
+                True) for o in (None, 1, INF, 3)]
 NORM_CASES += [(f"matrix ord={o}", (lambda x, o=o: np.linalg.norm(x, o)),
-                o in (None, "fro")) for o in (None, "fro", 1, -1, INF, -INF)]
+                True) for o in (None, "fro", 1, -1, INF, -INF)]
 NORM_CASES += [(f"matrix ord={o} axes keepdims",
                 (lambda x, o=o: np.linalg.norm(x.reshape(2, 3, 8), o, axis=(2, 0),
                                                keepdims=True)),
-                o in (None, "fro")) for o in (None, "fro", 1, -1, INF, -INF)]
+                True) for o in (None, "fro", 1, -1, INF, -INF)]
 if hasattr(np.linalg, "matrix_norm"):
     NORM_CASES += [(f"matrix_norm ord={o}",
                     (lambda x, o=o: np.linalg.matrix_norm(x.reshape(2, 3, 8), ord=o,
                                                           keepdims=True)),
-                    o == "fro") for o in ("fro", 1, INF)]
+                    True) for o in ("fro", 1, INF)]
     NORM_CASES += [(f"vector_norm ord={o}",
                     (lambda x, o=o: np.linalg.vector_norm(x.reshape(2, 3, 8), ord=o,
                                                           axis=(0, 2), keepdims=True)),
-                    o != INF) for o in (2, 1, INF, 0)]
+                    True) for o in (2, 1, INF, 0)]
 
 
 @pytest.mark.parametrize("f, on_arrays", [c[1:] for c in NORM_CASES],

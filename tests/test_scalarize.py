@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import symad
-from symad import arrays, interp
+from symad import array_trace, interp
 from symad.graph import Graph
 from symad.scalarize import scalarize
 from tests.programs import lennard_jones, rosen
@@ -36,7 +36,7 @@ PROGRAMS = [(rosen, 12), (lennard_jones, 12), (mlp, 8), (reductions, 12), (joins
 
 
 def _scalarized(f, x):
-    tr = arrays.trace_call(f, (x,), [x.shape])
+    tr = array_trace.trace_call(f, (x,), [x.shape])
     target = Graph("f")
     elems = [target.input(f"x[{i}]") for i in range(x.size)]
     outs = scalarize(tr.graph, tr.outputs, target, {tr.inputs[0]: elems})
@@ -57,7 +57,7 @@ def test_scalarized_graph_is_the_scalar_tracers_graph(f, n):
     tr, g = _scalarized(f, x)
     traced = symad.trace(f, x)
     # the same values, bit for bit, as the shaped graph and as the scalar trace
-    (shaped,) = arrays.evaluate(tr.graph, tr.outputs, x)
+    (shaped,) = array_trace.evaluate(tr.graph, tr.outputs, x)
     (value,) = interp.evaluate(g, g.outputs, dict(zip(g.inputs, x)))
     (scalar,) = interp.evaluate(traced, traced.outputs, dict(zip(traced.inputs, x)))
     assert value.tobytes() == shaped.reshape(()).tobytes() == scalar.tobytes()
