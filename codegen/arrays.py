@@ -69,9 +69,10 @@ def _view_of(n: Node) -> Node | None:
 _CHEAP = frozenset(name for name, row in OPS.items() if row.cheap)
 
 
-def _cone(n: Node, limit: int) -> tuple[list, list]:
+def _cone(n: Node, limit: int, heads) -> tuple[list, list]:
     """(the nodes a reduction loop computes for sum ``n``'s operand, in creation order;
-    the nodes it reads them from)."""
+    the nodes it reads them from). A family's head (``heads``) is read from its buffer,
+    never recomputed: its member sums have no values of their own (they add into it)."""
     cone: dict[int, Node] = {}
     frontier: dict[int, Node] = {}
     stack = [n.args[0]]
@@ -79,7 +80,7 @@ def _cone(n: Node, limit: int) -> tuple[list, list]:
         a = stack.pop()
         if a.id in cone or a.id in frontier or not a.args:
             continue
-        if a.size == 1 or a.op == "sum" or len(cone) >= limit or \
+        if a.size == 1 or a.op == "sum" or len(cone) >= limit or a.id in heads or \
                 (a.op not in _CHEAP and a.op != "gather"):
             frontier[a.id] = a
             continue
@@ -111,11 +112,6 @@ def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False):
         if _reduces(n):
             d = n.args[0].size
             budget[d] = budget.get(d, policy.REDUCTION_BUDGET) - 3
-    for n in live if not fuse else ():
-        if _reduces(n):
-            d = n.args[0].size
-            cones[n.id], reads[n.id] = _cone(n, max(budget[d], 0))
-            budget[d] -= len(cones[n.id])
     # Sums only ever added together (a particle's force from each coordinate of each
     # pair it is in) add into one buffer: its head, the last addition, is that buffer.
     uses: dict[int, int] = {}
@@ -131,6 +127,11 @@ def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False):
                 for a in n.args):
             members[n.id] = [m for a in n.args for m in members.pop(a.id, [a])]
     family = {m.id: head for head, ms in members.items() for m in ms}
+    for n in live if not fuse else ():
+        if _reduces(n):
+            d = n.args[0].size
+            cones[n.id], reads[n.id] = _cone(n, max(budget[d], 0), members)
+            budget[d] -= len(cones[n.id])
     needed: set[int] = set()
     stack = list(outputs)
     while stack:                    # what is computed in loops of its own
@@ -148,7 +149,9 @@ def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False):
         if not n.args or n.id not in needed:
             continue
         x = _view_of(n)
-        if x is not None and x.id not in viewed:
+        # (a family head's buffer is its sums': a view into it would be written before
+        # the family starts adding)
+        if x is not None and x.id not in viewed and x.id not in members:
             views[n.id] = x
             viewed.add(x.id)
             group_of[n.id] = group_of[x.id]

@@ -331,3 +331,32 @@ def test_array_batch_with_vector_math(always_arrays):
     ref_values, ref_grads = symad.compile_grad(f).batch(xs)
     np.testing.assert_allclose(values, ref_values, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(grads, ref_grads, rtol=1e-13, atol=1e-14)
+
+
+_MIX = np.random.default_rng(0).normal(size=(300, 2))
+
+
+def _mixture_nll(logit):
+    log_w = logit - np.log(np.sum(np.exp(logit)))
+    return -np.sum(np.log(np.sum(np.exp(log_w[None, :] + _MIX[:, :1]), axis=-1)))
+
+
+@pytest.mark.parametrize("pick", [lambda t: t.reshape(3, 5)[:, 4], lambda t: t[:3]],
+                         ids=["strided", "slice"])
+def test_reductions_added_into_one_buffer_are_read_as_their_total(monkeypatch, pick):
+    # A log-sum-exp's adjoint: three sums added into one buffer (a family), read by a
+    # further reduction (its loop recomputed them from that buffer: each counted the
+    # total, a gradient off by 274) and by a slice's adjoint (a view into the family's
+    # buffer, written before the family started: a KeyError).
+    monkeypatch.setattr(policy, "ARRAY_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "ARRAY_MIN_LENGTH", 0)
+    x = np.linspace(-0.5, 0.5, 15)
+    f = lambda t: _mixture_nll(pick(t))      # noqa: E731
+    cf = symad.compile_grad(f)
+    value, grad = cf(x)
+    assert cf.stats["array_level"]
+    ref_value, ref_grad = symad.value_and_grad(f)(x)
+    assert value == pytest.approx(float(ref_value), rel=1e-13)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-12, atol=1e-12)
+    (batch_value, batch_grad) = cf.batch(np.stack([x, x + 0.1]))
+    np.testing.assert_allclose(batch_grad[0], ref_grad, rtol=1e-12, atol=1e-12)
