@@ -110,51 +110,65 @@ class _Writer:
         recompute their elements make the same scalar nodes), each output element with
         the products and additions it needs, depth first (an explicit stack: nothing
         recurses on graph depth)."""
+        elems = self.elems
         for n in nodes:
-            self.elems[n.id] = [None] * n.size
+            elems[n.id] = [None] * n.size
         ids = {n.id for n in nodes}
         read_inside = {a.id for n in nodes for a in n.args if a.id in ids}
-        segments = {n.id: _positions(n.attrs[0].index, n.size)
-                    for n in nodes if n.op == "sum"}
+        reads = {n.id: self._reads(n) for n in nodes}
         for n in nodes:
             if n.id not in read_inside or n.id in wanted:
                 for k in range(n.size):
-                    self._demand(n, k, segments)
+                    self._demand(n, k, reads)
 
-    def _operands(self, n: Node, k: int, segments) -> list:
+    def _reads(self, n: Node) -> tuple:
+        """How element k of region node ``n`` reads its operands' element lists."""
         if n.op == "gather":
-            return [(n.args[0], int(n.attrs[0].index[k]))]
-        if n.op == "const":
-            return []
+            return ("gather", self.elems[n.args[0].id], n.attrs[0].index.tolist())
         if n.op == "sum":
-            return [(n.args[0], j) for j in segments[n.id][k]]
-        return [(a, k if a.size > 1 else 0) for a in n.args]
+            return ("sum", self.elems[n.args[0].id], _positions(n.attrs[0].index, n.size))
+        if n.op == "const":
+            v = n.attrs[0]
+            return ("const", [v] if type(v) is float else v.array.tolist())
+        return ("op", [self.elems[a.id] for a in n.args], [a.size == 1 for a in n.args])
 
-    def _demand(self, root: Node, k: int, segments) -> None:
-        elems = self.elems
+    def _demand(self, root: Node, k: int, reads: dict) -> None:
+        """Build element ``k`` of ``root`` and whatever of the region it needs first."""
+        elems, target = self.elems, self.target
         stack = [(root, k)]
         while stack:
             n, k = stack[-1]
-            if elems[n.id][k] is not None:
+            out = elems[n.id]
+            if out[k] is not None:
                 stack.pop()
                 continue
-            operands = self._operands(n, k, segments)
-            missing = [(a, j) for a, j in operands if elems[a.id][j] is None]
-            if missing:
-                stack.extend(reversed(missing))
-                continue
-            stack.pop()
-            values = [elems[a.id][j] for a, j in operands]
-            if n.op == "gather":
-                elems[n.id][k] = values[0]
-            elif n.op == "const":
-                v = n.attrs[0]
-                elems[n.id][k] = self.target.const(v if type(v) is float else
-                                                   float(v.array[k]))
-            elif n.op == "sum":
-                elems[n.id][k] = _chain_sum(self.target, values)
+            kind, *how = reads[n.id]
+            if kind == "op":
+                lists, scalar = how
+                values = [lst[0] if one else lst[k] for lst, one in zip(lists, scalar)]
+                if None in values:
+                    stack.extend(reversed([(a, 0 if one else k) for a, one, v in
+                                           zip(n.args, scalar, values) if v is None]))
+                    continue
+                out[k] = target.node(n.op, values, n.attrs)
+            elif kind == "gather":
+                src, index = how
+                v = src[index[k]]
+                if v is None:
+                    stack.append((n.args[0], index[k]))
+                    continue
+                out[k] = v
+            elif kind == "sum":
+                src, positions = how
+                missing = [(n.args[0], j) for j in positions[k] if src[j] is None]
+                if missing:
+                    stack.extend(reversed(missing))
+                    continue
+                out[k] = _chain_sum(target, [src[j] for j in positions[k]])
             else:
-                elems[n.id][k] = self.target.node(n.op, values, n.attrs)
+                values = how[0]
+                out[k] = target.const(values[k if len(values) > 1 else 0])
+            stack.pop()
 
 
 def _positions(segments, n: int) -> list:
