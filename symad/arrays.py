@@ -88,6 +88,11 @@ class AArray:
     __hash__ = None  # type: ignore[assignment]
 
     @staticmethod
+    def stack_objects(values):
+        """``symad.asarray`` of these: one traced array (see :func:`stack_objects`)."""
+        return stack_objects(values)
+
+    @staticmethod
     def apply_op(op: str, args: tuple, attrs: tuple = ()):
         """Build ``op(*args)`` elementwise (``symad.where``, ``symad.maximum`` and the op
         table's rules reach array operands through this)."""
@@ -209,11 +214,49 @@ def _lift(graph: Graph, v) -> AArray:
         return v
     if isinstance(v, (bool, np.bool_, numbers.Real)) and not isinstance(v, np.ndarray):
         return AArray(graph, graph.const(float(v)), ())
-    if isinstance(v, (list, tuple)) and not any(isinstance(e, AArray) for e in v):
-        v = np.asarray(v)
+    if isinstance(v, (list, tuple)):
+        v = np.asarray(v, dtype=object if any(isinstance(e, AArray) for e in v) else None)
     if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
         return AArray(graph, graph.const(v.astype(np.float64).reshape(-1)), v.shape)
+    if isinstance(v, np.ndarray) and v.dtype == object:
+        return _from_objects(graph, v)
     raise Unsupported(f"operand of type {type(v).__name__}")
+
+
+# An object array of traced numbers (``np.array([x[0] ** 2, x[1]])``) becomes one vector
+# of at most this many elements: each element put in its place (-0.0 elsewhere) and added,
+# exact, but work quadratic in the length in an array kernel.
+MAX_OBJECT_ELEMENTS = 64
+
+
+def _from_objects(graph: Graph, values: np.ndarray) -> AArray:
+    """The vector of an object array whose elements are numbers and 0-d traced arrays."""
+    flat = values.reshape(-1)
+    if not 0 < flat.size <= MAX_OBJECT_ELEMENTS:
+        raise Unsupported(f"an object array of {flat.size} elements")
+    numbers_ = np.full(flat.size, -0.0)
+    total = None
+    for i, v in enumerate(flat):
+        if isinstance(v, AArray):
+            if v.graph is not graph or v.shape != ():
+                raise Unsupported("an object array holding arrays or other traces")
+            part = graph.segment_sum(v.node, [i], flat.size) if flat.size > 1 else v.node
+            total = part if total is None else graph.node("add", (total, part))
+        elif isinstance(v, (bool, np.bool_, numbers.Real)):
+            numbers_[i] = float(v)
+        else:
+            raise Unsupported(f"an object array holding {type(v).__name__}")
+    if total is None or np.any(numbers_ != 0) or np.any(~np.signbit(numbers_)):
+        constants = graph.const(numbers_ if flat.size > 1 else float(numbers_[0]))
+        total = constants if total is None else graph.node("add", (total, constants))
+    return AArray(graph, total, values.shape)
+
+
+def stack_objects(values):
+    """``symad.asarray`` of numbers and 0-d traced arrays: one traced array."""
+    arr = np.asarray(values, dtype=object)
+    graph = next(v.graph for v in arr.reshape(-1) if isinstance(v, AArray))
+    return _from_objects(graph, arr)
 
 
 def _broadcast(a: AArray, shape: tuple) -> Node:

@@ -319,8 +319,12 @@ def asarray(values) -> TracedArray | np.ndarray:
     array([1., 2.])
     """
     arr = np.asarray(values, dtype=object)
-    if any(isinstance(v, Tracer) for v in arr.reshape(-1)):
-        return arr.view(TracedArray)
+    for v in arr.reshape(-1):
+        if isinstance(v, Tracer):
+            return arr.view(TracedArray)
+        stack = getattr(type(v), "stack_objects", None)     # array-level traced values
+        if stack is not None:
+            return stack(arr)
     return arr.astype(np.float64)
 
 
