@@ -49,8 +49,8 @@ def vjp_plain(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
     Every node between the outputs and ``wrt`` gets an adjoint node, the sum over its
     consumers ``c`` of ``bar(c) * dc/dv`` (for a linear row with an ``adjoint`` rule,
     ``gather`` or ``sum``, that rule applied to ``bar(c)``: the other one of the two,
-    each being the other's transpose). It works on
-    every graph, vectors included (the array-level kernels' gradients are built by it).
+    each being the other's transpose). It works on every graph, vectors included (the
+    array-level kernels' gradients are built by it).
     Walking the nodes in reverse creation order (= reverse topological order) finishes
     each adjoint before it is passed on.
     ``symad.preaccumulate`` builds the same derivatives with shorter dependent chains.

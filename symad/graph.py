@@ -41,8 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SymadError, TracingError
-from .ops import EXACT_RULES, OPS, fastmath_flags, fastmath_rules
-from .ops import segment_sum as _add_segments
+from .ops import EXACT_RULES, OPS, add_segments, fastmath_flags, fastmath_rules
 
 
 class _Frozen:
@@ -358,7 +357,8 @@ class Graph:
         return self.const(value)
 
     def gather(self, x: Node, index) -> Node:
-        """``x[index]`` for a flat int index vector (any numpy indexing reduces to this)."""
+        """``x[index]`` for a flat int index vector (any numpy indexing reduces to this):
+        the ``gather`` row's construction rules (folding, then interning)."""
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         if len(index) == x.size and np.array_equal(index, np.arange(x.size)):
             return x
@@ -379,11 +379,12 @@ class Graph:
 
     def segment_sum(self, x: Node, segments, n: int) -> Node:
         """``out[j] = sum of x[k] for segments[k] == j``, in increasing k (-0.0 where no
-        k lands: -0.0 + v == v for every v, -0.0 included)."""
+        k lands: -0.0 + v == v for every v, -0.0 included): the ``sum`` row's
+        construction rules (a constant folds by the row's numpy)."""
         segments = np.asarray(segments, dtype=np.int64).reshape(-1)
         if x.op == "const":
             values = _const_array(x) if x.size > 1 else np.full(len(segments), x.attrs[0])
-            return self.const(_add_segments(values, segments, n))
+            return self.const(add_segments(values, segments, n))
         attrs = (Table(segments), int(n))
         return self._intern(("sum", (x,), attrs), "sum", (x,), attrs, int(n))
 

@@ -190,7 +190,7 @@ def _powi_np(x, n):
 # only that field, so it imports nothing of the graph.
 
 
-def segment_sum(x, index, n: int):
+def add_segments(x, index, n: int):
     """``out[..., j] = x[..., k0] + x[..., k1] + ...`` over the ``k`` with ``index[k] ==
     j``, in increasing ``k``; -0.0 where no ``k`` lands (-0.0 + v == v for every v)."""
     x = np.asarray(x, dtype=np.float64)
@@ -204,7 +204,7 @@ def _gather_np(x, table):
 
 
 def _sum_np(x, table, n):
-    return segment_sum(x, table.index, n)
+    return add_segments(x, table.index, n)
 
 
 def _gather_adjoint(graph, node, bar):
