@@ -80,7 +80,7 @@ def instruction_flags(flags: tuple) -> tuple[tuple, tuple]:
 
 
 def _calls(node: Node) -> bool:
-    spec = OPS.get(node.op)      # array graphs also have gathers and sums
+    spec = OPS.get(node.op)      # a structural row's (gather, sum) lower is None
     return spec is not None and isinstance(spec.lower, (Intrinsic, Libm))
 
 
@@ -232,8 +232,13 @@ CUSTOM_LOWERINGS: dict[str, Callable] = {
 
 
 def is_lowerable(op: str) -> bool:
-    """Can ``codegen`` lower this op-table row?"""
-    low = OPS[op].lower
+    """Can ``codegen`` lower this elementwise op-table row to scalar (or vector-lane)
+    code? A structural row (``gather``, ``sum``) cannot: it is a loop over its table in
+    ``codegen/arrays.py``, or unrolled by ``symad/scalarize.py`` before lowering."""
+    spec = OPS[op]
+    low = spec.lower
+    if spec.structural:
+        return False
     if op in ("const", "input"):
         return True
     if isinstance(low, Custom):

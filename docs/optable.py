@@ -10,6 +10,13 @@ import sympy as sp
 
 _ARG_NAMES = ("x", "y", "z")
 _SAMPLE_ATTRS = {"powi": (3,)}      # an op with a static attribute: shown for n = 3
+# the structural rows' cells (a new one needs its line here, or the page does not build:
+# a KeyError)
+_STRUCTURAL_DOCS = {
+    "gather": "`(t,)` | `out[k] = x[t[k]]` | `sum(bar, t, len(x))`",
+    "sum": "`(t, n)` | `out[j] = Σ x[k] over t[k] == j` (increasing k; -0.0 if none) | "
+           "`gather(bar, t)`",
+}
 
 
 def _numpy_names(row) -> str:
@@ -52,7 +59,7 @@ def ops_markdown() -> str:
     lines = ["| op | arity | numpy | partials (symad's rules) | sympy | lowering | "
              "convention |", "|---|---|---|---|---|---|---|"]
     for name, row in OPS.items():
-        if row.arity == 0:
+        if row.arity == 0 or row.structural:
             continue
         lower = type(row.lower).__name__
         if hasattr(row.lower, "name"):
@@ -61,4 +68,11 @@ def ops_markdown() -> str:
         lines.append(f"| `{name}` | {row.arity} | {_numpy_names(row)} | "
                      f"{_partials(name, row.arity)} | {_sympy_name(row, row.arity)} | "
                      f"{lower} | {conv} |")
+    lines += ["", "Structural rows (not elementwise: they move or add elements by an index "
+              "table; each one's adjoint is the other):", "",
+              "| op | attributes | semantics (numpy, on the elements axis) | adjoint |",
+              "|---|---|---|---|"]
+    for name, row in OPS.items():
+        if row.structural:
+            lines.append(f"| `{name}` | {_STRUCTURAL_DOCS[name]} |")
     return "\n".join(lines) + "\n"

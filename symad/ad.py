@@ -47,9 +47,10 @@ def vjp_plain(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
     """Reverse mode, adjoint by adjoint: the reference pass (read this one first).
 
     Every node between the outputs and ``wrt`` gets an adjoint node, the sum over its
-    consumers ``c`` of ``bar(c) * dc/dv`` (for a ``gather`` or ``sum`` consumer, the other
-    one of the two applied to ``bar(c)``: each is the other's transpose). It works on
-    every graph, vectors included (the array-level kernels' gradients are built by it).
+    consumers ``c`` of ``bar(c) * dc/dv`` (for a linear row with an ``adjoint`` rule,
+    ``gather`` or ``sum``, that rule applied to ``bar(c)``: the other one of the two,
+    each being the other's transpose). It works on every graph, vectors included (the
+    array-level kernels' gradients are built by it).
     Walking the nodes in reverse creation order (= reverse topological order) finishes
     each adjoint before it is passed on.
     ``symad.preaccumulate`` builds the same derivatives with shorter dependent chains.
@@ -79,7 +80,7 @@ def vjp_plain(graph: Graph, outputs: Sequence[Node], cotangents: Sequence[Node |
             bar = bars.get(n)
             if bar is None or not n.args:
                 continue
-            if n.op in STRUCTURAL_ADJOINTS:        # gather and segment sum: linear
+            if n.op in STRUCTURAL_ADJOINTS:        # a row's adjoint rule (gather, sum)
                 (x,) = n.args
                 if dep[x.id]:
                     if n in masked:
@@ -148,6 +149,12 @@ def jvp_nodes(graph: Graph, outputs: Sequence[Node], wrt: Sequence[Node],
         for i in range(lo, hi + 1):
             n = nodes[i]
             if not n.args or n in tans or not any(a in tans for a in n.args):
+                continue
+            if n.op in STRUCTURAL_ADJOINTS:        # linear (gather, sum): op(tangent)
+                (x,) = n.args
+                tans[n] = node(n.op, (tans[x],), n.attrs)
+                if x in masked:
+                    masked.add(n)
                 continue
             _, parts = _partials(graph, n)
             acc = None

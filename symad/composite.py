@@ -51,9 +51,9 @@ def rad2deg(x):
 
 
 def ufunc_table(unary, binary, power, where, **extra) -> dict:
-    """numpy ufunc name -> function, for one tracer: every op row's numpy names (see
-    ``ops.ufunc_names``) through that tracer's ``unary(op)``/``binary(op)``, then the ufuncs
-    built from several ops, then ``extra`` (a tracer's own versions).
+    """numpy ufunc name -> function, for one tracer: every elementwise op row's numpy names
+    (see ``ops.ufunc_names``) through that tracer's ``unary(op)``/``binary(op)``, then the
+    ufuncs built from several ops, then ``extra`` (a tracer's own versions).
 
     Functions take exactly the ufunc's operands (the scalar tracer reads their argument
     count to vectorise them)."""

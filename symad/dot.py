@@ -19,8 +19,9 @@ _ADJOINT_COLOR = "lightsalmon"
 _INPUT_COLOR = "palegreen"
 _CONST_COLOR = "lightgrey"
 # ops whose operand order matters: their edges carry the operand's position
+# (the elementwise rows: a structural row has one operand and its table)
 _ORDERED_OPS = frozenset(name for name, row in OPS.items()
-                         if row.arity > 1 and not row.commutative)
+                         if row.arity > 1 and not row.commutative and not row.structural)
 
 
 def _label(n: Node) -> str:

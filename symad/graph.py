@@ -14,15 +14,18 @@ reference evaluator (:mod:`symad.interp`). Nodes:
 
 - ``input`` attrs ``(name,)``: an argument leaf (its elements, in ``graph.inputs`` order).
 - ``const`` attrs ``(value,)``: a float, or :class:`Values` for a vector.
-- an op-table row (``add``, ``sin``, ``powi`` ...): elementwise; each operand has the
+- an elementwise op-table row (``add``, ``sin``, ``powi`` ...): each operand has the
   node's shape or is a scalar (broadcast).
-- ``gather`` attrs ``(Table,)``: ``out[k] = x[t[k]]`` (slicing, indexing, reshaping,
-  transposing and broadcasting are all gathers of the flat vector).
-- ``sum`` attrs ``(Table, n)``: ``out[j] = x[k0] + x[k1] + ...`` over the ``k`` with
-  ``t[k] == j``, in increasing ``k`` (numpy's order for object arrays, hence the scalar
-  tracer's), -0.0 where no ``k`` lands.
+- the structural rows (``OpSpec.structural``): ``gather`` attrs ``(Table,)``: ``out[k] =
+  x[t[k]]`` (slicing, indexing, reshaping, transposing and broadcasting are all gathers
+  of the flat vector); ``sum`` attrs ``(Table, n)``: ``out[j] = x[k0] + x[k1] + ...``
+  over the ``k`` with ``t[k] == j``, in increasing ``k`` (numpy's order for object
+  arrays, hence the scalar tracer's), -0.0 where no ``k`` lands.
 
-``gather`` and ``sum`` are each other's adjoints (``STRUCTURAL``).
+``gather`` and ``sum`` are each other's adjoints (their rows' ``adjoint``). They are built
+by :meth:`Graph.gather` and :meth:`Graph.segment_sum`, whose folding rules are the rows'
+construction rules (as ``ops.EXACT_RULES`` are the elementwise rows'); ``Graph.node``
+sends a structural row there.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SymadError, TracingError
-from .ops import EXACT_RULES, OPS, fastmath_flags, fastmath_rules
+from .ops import EXACT_RULES, OPS, add_segments, fastmath_flags, fastmath_rules
 
 
 class _Frozen:
@@ -303,6 +306,8 @@ class Graph:
             raise SymadError(f"unknown op {op!r}; known ops: {', '.join(sorted(OPS))}")
         if len(args) != spec.arity:
             raise SymadError(f"op {op!r} takes {spec.arity} operands, got {len(args)}")
+        if spec.structural:
+            return self._structural(op, args[0], attrs)
         all_const = True
         size = 1
         for a in args:
@@ -352,7 +357,8 @@ class Graph:
         return self.const(value)
 
     def gather(self, x: Node, index) -> Node:
-        """``x[index]`` for a flat int index vector (any numpy indexing reduces to this)."""
+        """``x[index]`` for a flat int index vector (any numpy indexing reduces to this):
+        the ``gather`` row's construction rules (folding, then interning)."""
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         if len(index) == x.size and np.array_equal(index, np.arange(x.size)):
             return x
@@ -361,7 +367,7 @@ class Graph:
                               np.full(len(index), x.attrs[0]))
         if x.op == "gather":             # x[s][t] == x[s[t]]
             return self.gather(x.args[0], x.attrs[0].index[index])
-        if x.op in OPS and x.op != "input" and len(np.unique(index)) == len(index):
+        if x.args and not OPS[x.op].structural and len(np.unique(index)) == len(index):
             # An elementwise node read at distinct positions: those positions computed
             # where they are read (no element twice), fused with the reader.
             return self.node(x.op, [a if a.size == 1 else self.gather(a, index)
@@ -373,14 +379,29 @@ class Graph:
 
     def segment_sum(self, x: Node, segments, n: int) -> Node:
         """``out[j] = sum of x[k] for segments[k] == j``, in increasing k (-0.0 where no
-        k lands: -0.0 + v == v for every v, -0.0 included)."""
+        k lands: -0.0 + v == v for every v, -0.0 included): the ``sum`` row's
+        construction rules (a constant folds by the row's numpy)."""
         segments = np.asarray(segments, dtype=np.int64).reshape(-1)
         if x.op == "const":
-            out = np.full(n, -0.0)
-            np.add.at(out, segments, _const_array(x) if x.size > 1 else x.attrs[0])
-            return self.const(out)
+            values = _const_array(x) if x.size > 1 else np.full(len(segments), x.attrs[0])
+            return self.const(add_segments(values, segments, n))
         attrs = (Table(segments), int(n))
         return self._intern(("sum", (x,), attrs), "sum", (x,), attrs, int(n))
+
+    def _structural(self, op: str, x: Node, attrs: tuple) -> Node:
+        """A structural row's node through its construction rules (``Graph.node`` of
+        ``gather``/``sum``, e.g. when :meth:`substitute` rebuilds one)."""
+        if x.graph is not self:
+            raise TracingError(f"op {op!r} mixes nodes of two graphs ({x.graph.name!r} and "
+                               f"{self.name!r}); a value from one trace was used in another")
+        table = attrs[0] if attrs else None
+        index = table.index if isinstance(table, Table) else table
+        if op == "gather" and len(attrs) == 1:
+            return self.gather(x, index)
+        if op == "sum" and len(attrs) == 2:
+            return self.segment_sum(x, index, attrs[1])
+        raise SymadError(f"op {op!r} with {len(attrs)} attributes (gather takes (Table,), "
+                         "sum (Table, n))")
 
     # ---- queries -----------------------------------------------------------------
     def live(self, outputs: Iterable[Node] | None = None) -> list[Node]:
@@ -472,24 +493,19 @@ def _shape_problem(n: Node) -> str:
     """What is wrong with node ``n``'s arity or element count, or ``""``."""
     if n.size < 1:
         return "a node with no elements"
-    if n.op in ("gather", "sum"):
-        table = n.attrs[0].index
-        if len(n.args) != 1:
-            return "arity mismatch"
-        if n.op == "gather" and (len(table) != n.size or table.max() >= n.args[0].size):
-            return "a gather table that does not match its sizes"
-        if n.op == "sum" and (len(table) != n.args[0].size or n.attrs[1] != n.size or
-                              table.max() >= n.size):
-            return "a segment table that does not match its sizes"
-        return ""
     if n.op == "const":
         v = n.attrs[0]
         return "" if (n.size == 1) == (type(v) is float) and \
             (n.size == 1 or len(v.array) == n.size) else "a constant of the wrong size"
     if n.op == "input":
         return ""
-    if len(n.args) != OPS[n.op].arity:
+    spec = OPS.get(n.op)
+    if spec is None:
+        return f"unknown op {n.op!r}"
+    if len(n.args) != spec.arity:
         return "arity mismatch"
+    if spec.shape_problem is not None:
+        return spec.shape_problem(n)
     if any(a.size != 1 and a.size != n.size for a in n.args):
         return "operands of other sizes"
     return ""

@@ -1,10 +1,10 @@
 """The numpy reference interpreter (trace -> graph -> ad -> **interp** | lower -> jit).
 
-Evaluates the live part of a graph node by node with each op's numpy function (and
-numpy indexing for ``gather`` and ``sum``). Input values may be scalars or arrays of any
-common (broadcastable) shape, so one call evaluates a whole batch of points. This is the
-semantics every compiled path is tested against, and the path uncompiled transformations
-(``symad.grad``) use.
+Evaluates the live part of a graph node by node with each op's numpy function (a
+structural row's, ``gather`` and ``sum``, on the elements axis). Input values may be
+scalars or arrays of any common (broadcastable) shape, so one call evaluates a whole
+batch of points. This is the semantics every compiled path is tested against, and the
+path uncompiled transformations (``symad.grad``) use.
 """
 
 from __future__ import annotations
@@ -36,18 +36,14 @@ def evaluate(graph: Graph, outputs: Sequence[Node], env: Mapping[Node, object]) 
                     values[n] = np.asarray(env[n], dtype=np.float64)
                 except KeyError:
                     raise SymadError(f"no value given for input {n.line()}") from None
-            elif op == "gather" or op == "sum":
-                x = _elements(values, n.args[0])
-                if op == "gather":
-                    out = x[..., n.attrs[0].index]
-                else:
-                    out = np.full(x.shape[:-1] + (n.size,), -0.0)
-                    np.add.at(out, (..., n.attrs[0].index), x)
-                values[n] = out[..., 0] if n.size == 1 else out
-            elif n.size == 1:
-                values[n] = OPS[op].numpy(*(values[a] for a in n.args), *n.attrs)
             else:
-                values[n] = OPS[op].numpy(*(_elements(values, a) for a in n.args), *n.attrs)
+                spec = OPS[op]
+                if n.size == 1 and not spec.structural:
+                    values[n] = spec.numpy(*(values[a] for a in n.args), *n.attrs)
+                    continue
+                # elements on the last axis (a structural row's numpy reads them there)
+                out = spec.numpy(*(_elements(values, a) for a in n.args), *n.attrs)
+                values[n] = out[..., 0] if n.size == 1 else out
     return [np.asarray(values[o], dtype=np.float64) for o in outputs]
 
 

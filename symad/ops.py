@@ -8,6 +8,17 @@ table-driven tests pick it up.
 Partials receive the operands and the op's own output (``out``) as tracers, plus the
 op's static attributes, and return one graph expression per operand, or ``None`` for a
 structural zero (AD then builds nothing for that operand).
+
+Two rows are *structural* (``structural=True``), not elementwise: ``gather`` and segment
+``sum`` move and add elements by an index table. Their ``numpy`` works on the elements
+axis (the last; batch axes before it), they have no partials but an ``adjoint`` (each is
+the other's: they are linear, each the other's transpose), and ``shape_problem`` checks
+a node's table against its sizes for ``Graph.verify``. They are built by
+``Graph.gather``/``Graph.segment_sum`` (their folding rules are these rows' construction
+rules; ``Graph.node`` sends the two there) and lowered by ``codegen/arrays.py`` (loops over
+the table) or ``symad/scalarize.py`` (element by element). Everything that means "an
+elementwise scalar op" (the scalar lowering, the numpy and sympy names, the elementwise
+table-driven tests) skips the rows with the flag.
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ class OpSpec:
     numpy: Callable                    # reference semantics: (*args, *attrs) -> float64
     partials: Callable | None          # (*args, out, *attrs) -> tuple[tracer | None, ...]
     sympy: Callable | None             # (*args, *attrs) -> sympy expression
-    lower: object                      # Instr | Intrinsic | Libm | Custom
+    lower: object                      # Instr | Intrinsic | Libm | Custom (None: structural)
     domain: tuple = (-3.0, 3.0)        # where the table-driven tests sample
     commutative: bool = False
     selects: bool = False              # partials are selections: AD multiplies with mul0
@@ -68,6 +79,16 @@ class OpSpec:
     # a few instructions and no call: codegen/arrays.py recomputes such ops inside the
     # loop of a reduction that uses them instead of storing them
     cheap: bool = False
+    # not elementwise: moves or adds elements by an index table (gather, sum); such a row
+    # has ``lower=None`` (codegen/arrays.py and scalarize.py lower it), no partials and
+    # no sympy counterpart, and the two fields below
+    structural: bool = False
+    # a linear row's reverse rule: (graph, node, bar) -> the contribution to the adjoint
+    # of its operand (the transpose applied to ``bar``)
+    adjoint: Callable | None = None
+    # (node) -> what is wrong with a node of this row's attributes and sizes, or ""
+    # (``Graph.verify``; the generic checks cover the elementwise rows)
+    shape_problem: Callable | None = None
 
 
 def _apply(name: str, args: tuple, attrs: tuple):
@@ -162,6 +183,71 @@ def _mul0_np(z, y):
 
 def _powi_np(x, n):
     return np.power(x, np.float64(n))
+
+
+# ---- the structural rows: index tables on the elements axis -------------------------
+# A table attribute is a ``graph.Table`` (``.index``, an int64 vector); this module reads
+# only that field, so it imports nothing of the graph.
+
+
+def add_segments(x, index, n: int):
+    """``out[..., j] = x[..., k0] + x[..., k1] + ...`` over the ``k`` with ``index[k] ==
+    j``, in increasing ``k``; -0.0 where no ``k`` lands (-0.0 + v == v for every v)."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.full(x.shape[:-1] + (n,), -0.0)
+    np.add.at(out, (..., index), x)
+    return out
+
+
+def _gather_np(x, table):
+    return np.asarray(x, dtype=np.float64)[..., table.index]
+
+
+def _sum_np(x, table, n):
+    return add_segments(x, table.index, n)
+
+
+def _gather_adjoint(graph, node, bar):
+    # each element read adds its adjoint back where it was read from
+    return graph.segment_sum(bar, node.attrs[0].index, node.args[0].size)
+
+
+def _sum_adjoint(graph, node, bar):
+    # each added element gets its segment's adjoint
+    return graph.gather(bar, node.attrs[0].index)
+
+
+def _table_problem(node, what: str, source: int) -> str:
+    """What is wrong with ``node``'s table (its first attribute) as int64 indices into
+    ``source`` elements, or ""."""
+    index = getattr(node.attrs[0], "index", None) if node.attrs else None
+    if not isinstance(index, np.ndarray) or index.dtype != np.int64 or index.ndim != 1:
+        return f"a {what} without an index table"
+    if len(index) and (index.min() < 0 or index.max() >= source):
+        return f"a {what} table that does not match its sizes"
+    return ""
+
+
+def _gather_problem(node) -> str:
+    if len(node.attrs) != 1:
+        return "a gather needs one attribute, its table"
+    problem = _table_problem(node, "gather", node.args[0].size)
+    if problem:
+        return problem
+    if len(node.attrs[0].index) != node.size:
+        return "a gather table that does not match its sizes"
+    return ""
+
+
+def _sum_problem(node) -> str:
+    if len(node.attrs) != 2 or type(node.attrs[1]) is not int:
+        return "a segment sum needs two attributes, its table and its segment count"
+    problem = _table_problem(node, "segment", node.size)
+    if problem:
+        return problem
+    if len(node.attrs[0].index) != node.args[0].size or node.attrs[1] != node.size:
+        return "a segment table that does not match its sizes"
+    return ""
 
 
 def op_table(*rows: OpSpec) -> dict[str, OpSpec]:
@@ -317,6 +403,15 @@ OPS = op_table(
     # derivatives must keep that zero exact, or Hessians of where(...) leak NaN again.
     OpSpec("mul0", 2, _mul0_np, lambda z, y, out: (y, z), sp.Mul, Custom(),
            selects=True, cheap=True),
+    # ---- structural (not elementwise; see the module docstring) ----
+    # gather attrs (Table,): out[k] = x[t[k]] (slicing, indexing, reshaping, transposing
+    # and broadcasting are all gathers of the flat vector)
+    OpSpec("gather", 1, _gather_np, None, None, None, structural=True,
+           adjoint=_gather_adjoint, shape_problem=_gather_problem),
+    # sum attrs (Table, n): out[j] = the sum of x[k] over t[k] == j, in increasing k
+    # (numpy's order for object arrays, hence the scalar tracer's); -0.0 where none lands
+    OpSpec("sum", 1, _sum_np, None, None, None, structural=True,
+           adjoint=_sum_adjoint, shape_problem=_sum_problem),
 )
 
 
@@ -325,6 +420,8 @@ def ufunc_names() -> dict[str, str]:
     is a ufunc) and its ``numpy_names``. Both tracers build their tables from this."""
     names: dict[str, str] = {}
     for row in OPS.values():
+        if row.structural:
+            continue
         if isinstance(row.numpy, np.ufunc):
             names[row.numpy.__name__] = row.name
         for alias in row.numpy_names:
@@ -528,4 +625,6 @@ def fastmath_rules(flags) -> dict[str, tuple[Callable, ...]]:
     return {op: rules for op, rules in found.items() if rules}
 
 
-DIFFERENTIABLE_OPS = tuple(n for n, s in OPS.items() if s.arity > 0)
+# the elementwise rows with operands (the structural rows are differentiated through their
+# ``adjoint``)
+DIFFERENTIABLE_OPS = tuple(n for n, s in OPS.items() if s.arity > 0 and not s.structural)

@@ -119,10 +119,7 @@ def _scale(node, masking: bool, partial: Node, seed: Node,
     return node("mul", (seed, partial)), False
 
 
-# The adjoints of the two structural ops (linear: each is the other's transpose):
-# ``bar(x) += segment_sum(bar, t)`` for ``gather(x, t)``, ``bar(x) += gather(bar, t)`` for
-# ``sum(x, t)``.
-STRUCTURAL_ADJOINTS = {
-    "gather": lambda graph, n, bar: graph.segment_sum(bar, n.attrs[0].index, n.args[0].size),
-    "sum": lambda graph, n, bar: graph.gather(bar, n.attrs[0].index),
-}
+# The linear rows' reverse rules, from the op table (``OpSpec.adjoint``: gather and segment
+# sum, each the other's transpose): ``bar(x) += adjoint(graph, node, bar)``.
+STRUCTURAL_ADJOINTS = {name: spec.adjoint for name, spec in OPS.items()
+                       if spec.adjoint is not None}

@@ -104,7 +104,13 @@ def to_sympy(graph: Graph, outputs: Sequence[Node] | None = None,
         elif n.op == "input":
             env[n] = sp.Symbol(_symbol_name(n.attrs[0]))
         else:
-            rule = OPS[n.op].sympy
+            spec = OPS[n.op]
+            if spec.structural:
+                raise UnsupportedOpError(
+                    f"{n.line()} is a structural op of an array-level graph (it moves or "
+                    "adds elements by an index table); to_sympy reads scalar graphs, "
+                    "such as symad.trace's")
+            rule = spec.sympy
             if rule is None:
                 raise UnsupportedOpError(f"op {n.op!r} at {n.line()} has no sympy "
                                          "counterpart in the op table")
@@ -147,6 +153,8 @@ def _function_ops() -> dict[type, str]:
     classes; ``_plan`` reads them (and relations, Piecewise) itself."""
     found: dict[type, str] = {}
     for row in OPS.values():
+        if row.structural:
+            continue
         fn = row.sympy
         own = (fn,) if isinstance(fn, type) and issubclass(fn, sp.Function) else ()
         for cls in own + row.sympy_functions:

@@ -12,10 +12,10 @@ from symad.ops import OPS
 
 # floor, sign, floordiv, mod, fmod: sympy leaves their derivatives (floor's, Mod's)
 # unevaluated and recurses evaluating them (checked against central differences in
-# test_ops); mul0 is internal to AD.
+# test_ops); mul0 is internal to AD; the structural rows are not scalar ops.
 FUZZ_OPS = sorted(n for n, s in OPS.items()
-                  if s.arity > 0 and n not in ("floor", "sign", "floordiv", "mod", "fmod",
-                                               "mul0"))
+                  if s.arity > 0 and not s.structural and
+                  n not in ("floor", "sign", "floordiv", "mod", "fmod", "mul0"))
 
 
 def random_program(rng: np.random.Generator, n_inputs: int, n_steps: int) -> list:

@@ -27,8 +27,10 @@ import symad
 from symad.ops import OPS
 from symad.trace import apply
 
-# Every op but mul0 (internal to AD); floor/sign are compared numerically (not by sympy).
-ALL_OPS = sorted(n for n, s in OPS.items() if s.arity > 0 and n != "mul0")
+# Every elementwise op but mul0 (internal to AD); floor/sign are compared numerically
+# (not by sympy).
+ALL_OPS = sorted(n for n, s in OPS.items()
+                 if s.arity > 0 and not s.structural and n != "mul0")
 NON_SMOOTH = frozenset(n for n, s in OPS.items()
                        if s.convention or n in ("floor", "sign", "where", "lt", "le", "gt",
                                                 "ge", "eq", "ne", "maximum", "minimum",
