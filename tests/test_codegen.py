@@ -389,7 +389,7 @@ def test_new_shape_recompiles():
     for n in (3, 5, 3):
         x = np.linspace(-1, 1, n)
         np.testing.assert_allclose(f(x)[1], rosen_grad(x), rtol=1e-12)
-    assert len(f._specs) == 2
+    assert len(f.specializations) == 2
 
 
 def test_cache_does_no_llvm_work_the_second_time():

@@ -38,8 +38,7 @@ def _isolated(tmp_path, monkeypatch):
 
 def _fresh(fn, compile_=symad.compile, **kw):
     """Compile ``fn`` with the in-memory caches emptied (as a fresh process would)."""
-    with compiled_mod._CACHE_LOCK:
-        compiled_mod._RECENT.clear()
+    compiled_mod.clear_memory_cache()
     gc.collect()
     return compile_(fn, **kw)
 

@@ -12,8 +12,8 @@ from programs import lennard_jones, rosen
 
 import symad
 from symad import interp, policy
-from symad.compiled import clear_memory_cache
 from symad.codegen import roll
+from symad.compiled import clear_memory_cache
 
 
 @pytest.fixture(autouse=True)
