@@ -469,3 +469,7 @@ def test_backend_is_symad_codegen_not_a_top_level_package():
     symad.compile(lambda x: x * 2.0)(1.0)
     assert symad.codegen.__name__ == "symad.codegen"
     assert "codegen" not in sys.modules
+
+
+# The cases and helpers tests/test_vector_math.py runs again under fastmath.
+cases, points, op_fn, inf_sign = _cases, _points, _op_fn, _inf_sign
