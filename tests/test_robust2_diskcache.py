@@ -33,6 +33,7 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("SYMAD_CACHE_KEY", str(tmp_path / "config" / "cache.key"))
     monkeypatch.delenv(diskcache.ENV_VAR, raising=False)
     monkeypatch.delenv("SYMAD_CACHE_MAX_BYTES", raising=False)
+    # private: each warning is shown once per process by design; each test starts anew
     monkeypatch.setattr(diskcache, "_WARNED", set(), raising=False)
 
 
