@@ -270,6 +270,34 @@ class CompiledFunction:
             out = spec.check_out(out, n, arrays, self.__name__)
         return spec.batch(arrays, n, threads, out)
 
+    @property
+    def specializations(self) -> tuple[Specialization, ...]:
+        """The signatures that keep native code (at most ``max_specializations``), a
+        read-only snapshot in the order they were compiled; the last is the one ``graph``,
+        ``grad_graph``, ``llvm_ir`` and ``stats`` describe. Each is a
+        :class:`symad.specialize.Specialization`: its ``key`` (the arguments' structure
+        and leaf shapes), ``stats``, ``graph``, ``grad_graph``, ``fast`` and ``native``
+        (documented there). Empty before the first call and after ``clear()``."""
+        with self._lock:
+            last = self._last
+            specs = [s for s in self._specs.values() if s is not last]
+            if last is not None:
+                specs.append(last)
+        return tuple(specs)
+
+    @property
+    def fast_entry(self) -> Callable | None:
+        """The native entry calls take first (the ``fast`` of one specialization; it hands
+        arguments it does not take to the Python path), or ``None`` while every call goes
+        through the Python path."""
+        entry = self._entry
+        return None if entry == self._slow_call else entry
+
+    @property
+    def max_specializations(self) -> int:
+        """How many signatures keep native code (the ``compile`` option, pickled)."""
+        return self._max_specs
+
     def _latest(self) -> Specialization:
         if self._last is None:
             raise SymadError(f"{self.__name__} is compiled lazily for the shapes of its "
@@ -278,12 +306,13 @@ class CompiledFunction:
 
     @property
     def graph(self):
-        """The forward graph (the traced function)."""
+        """The forward graph (the traced function); its ``outputs`` are the function's."""
         return self._latest().graph
 
     @property
     def grad_graph(self):
-        """The extended graph: forward and adjoint nodes (``None`` for ``compile``)."""
+        """The extended graph: forward and adjoint nodes (``None`` for ``compile``); its
+        ``outputs`` are the compiled ones: the value, then the gradient."""
         return self._latest().grad_graph
 
     @property
@@ -423,6 +452,40 @@ def compile_grad(f: Callable | None = None, *, argnums=_ALL_BY_DEFAULT, fastmath
     return wrap if f is None else wrap(f)
 
 
+# ---- the in-memory caches ---------------------------------------------------------------
+
+def memory_cache_info() -> dict:
+    """What the in-memory caches hold (the disk cache's counterpart:
+    :func:`symad.cache_info`).
+
+    Returns:
+        A dict: ``entries``, native code held by any live compiled function or by the
+        LRU, looked up by graph fingerprint, shapes and options (compiling a graph found
+        here does no LLVM work); ``recent`` and ``recent_max``, the LRU that keeps the
+        most recent of them alive when no function holds them; ``restored``, unpickled
+        functions remembered by their pickle's token (unpickling the same bytes again
+        returns the same function).
+
+    >>> sorted(memory_cache_info())
+    ['entries', 'recent', 'recent_max', 'restored']
+    """
+    with specialize._CACHE_LOCK:
+        return {"entries": len(specialize._CACHE), "recent": len(specialize._RECENT),
+                "recent_max": specialize._RECENT_MAX, "restored": len(RESTORED)}
+
+
+def clear_memory_cache() -> None:
+    """Empty the in-memory caches, as in a fresh process: the next compile of any graph
+    does its LLVM work again (or reads the disk cache), and unpickling builds a new
+    function. Compiled functions keep their native code. The cache key does not include
+    the :mod:`symad.policy` thresholds: clear it after changing one to compile with it.
+    """
+    with specialize._CACHE_LOCK:
+        specialize._CACHE.clear()
+        specialize._RECENT.clear()
+        RESTORED.clear()
+
+
 # ---- unpickling ---------------------------------------------------------------------------
 
 # What a malformed state raises where a check did not see it coming: each becomes a
@@ -432,7 +495,11 @@ MALFORMED = (ValueError, TypeError, LookupError, StopIteration, AttributeError,
 
 
 def restore_compiled(state: dict):
-    """Rebuild a CompiledFunction from its pickled graphs (compiles or hits the caches)."""
+    """Rebuild a CompiledFunction from its pickled graphs (compiles or hits the caches).
+
+    The reconstructor of a pickle: ``f.__reduce__()`` is ``(restore_compiled, (state,))``.
+    The state may have been tampered with; anything malformed raises :class:`SymadError`.
+    """
     if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
         raise SymadError("cannot unpickle a symad compiled function: unknown format "
                          "(pickled by another symad version?)")
@@ -517,6 +584,5 @@ def _restore_checked(state: dict, name: str):
 
 
 # Pickles of version 0.1.0 before the pickled-state checks moved to symad.persist name
-# this function; the tests call it by this name too.
+# this function.
 _restore_compiled = restore_compiled
-_RESTORED = RESTORED

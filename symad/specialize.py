@@ -412,7 +412,21 @@ def specialization(opts: CompileOptions, key, args: tuple) -> Specialization:
 
 
 class Specialization(Runtime):
-    """One traced, differentiated and compiled signature of a CompiledFunction."""
+    """One traced, differentiated and compiled signature of a CompiledFunction.
+
+    ``CompiledFunction.specializations`` lists them. For inspection (read, never assign):
+
+    - ``key``: the signature, ``(treedef, shapes)``: the arguments' structure and the
+      shapes of their leaves;
+    - ``stats``, ``graph``, ``grad_graph``: as the CompiledFunction's (which shows those
+      of its latest specialization);
+    - ``fast``: the native entry emitted for this signature (a callable taking the
+      function's arguments), or ``None``;
+    - ``native``: the native code, shared through the cache by specializations of equal
+      graphs; ``native.module`` is the single-call JIT module (its ``llvm_ir``,
+      ``optimized_ir`` and ``asm``, without the batch entry's), which owns the LLVM
+      engine: a weak reference to it says whether the engine was freed.
+    """
 
     native: Any
     stats: dict

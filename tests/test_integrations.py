@@ -143,7 +143,7 @@ def test_unpickled_importable_function_traces_new_shapes():
 def test_unpickling_a_malformed_state_raises_not_crashes():
     f = symad.compile(lambda x: np.sin(x) * 2.0)
     f(np.ones(2))
-    state = f._pickle_state()
+    _, (state,) = f.__reduce__()            # what pickle stores: (restore_compiled, (state,))
     bad = dict(state, token="x1")
     spec = dict(state["specs"][0])
     table = dict(spec["table"])
@@ -151,20 +151,19 @@ def test_unpickling_a_malformed_state_raises_not_crashes():
     spec["table"] = table
     bad["specs"] = [spec]
     with pytest.raises(symad.SymadError, match="rebuild"):
-        compiled_mod._restore_compiled(bad)
+        compiled_mod.restore_compiled(bad)
     spec2 = dict(state["specs"][0], key=(state["specs"][0]["key"][0], ((7,),)))
     with pytest.raises(symad.SymadError, match="inputs"):
-        compiled_mod._restore_compiled(dict(state, token="x2", specs=[spec2]))
+        compiled_mod.restore_compiled(dict(state, token="x2", specs=[spec2]))
     with pytest.raises(symad.SymadError, match="format"):
-        compiled_mod._restore_compiled({"format": 99})
+        compiled_mod.restore_compiled({"format": 99})
 
 
 # ---- on-disk compile cache --------------------------------------------------------------
 
 def _fresh(fn, **kw):
     """Compile ``fn`` with the in-memory caches emptied (so only the disk can help)."""
-    with compiled_mod._CACHE_LOCK:
-        compiled_mod._RECENT.clear()
+    compiled_mod.clear_memory_cache()
     gc.collect()
     return symad.compile_grad(fn, **kw)
 

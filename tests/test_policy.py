@@ -14,7 +14,8 @@ import pytest
 from programs import rosen
 
 import symad
-from symad import compiled, policy
+from symad import policy
+from symad.compiled import clear_memory_cache
 from symad.policy import choose_kernel
 
 ROOT = Path(__file__).parents[1]
@@ -134,9 +135,9 @@ def test_policy_imports_without_llvmlite():
 # ---- what f.stats["kernel"] reports -------------------------------------------------------
 @pytest.fixture
 def fresh():
-    compiled._CACHE.clear()         # native code is cached by graph: build each anew
+    clear_memory_cache()            # native code is cached by graph: build each anew
     yield
-    compiled._CACHE.clear()
+    clear_memory_cache()
 
 
 def _plan_was_built(stats):

@@ -163,6 +163,7 @@ def test_the_kink_fuzz_finds_the_unmasked_forward_mode(monkeypatch):
     # Put mul0's masking back on the partial y, one-sided (as before the fix): forward-
     # over-reverse Hessians leak NaN again, and the fuzz must say so.
     from symad import partials
+    # private on purpose: this puts a fixed bug back into the rule tables (no knob should)
     monkeypatch.setitem(partials._MASKING, "mul0", (True, True))
     monkeypatch.setattr(partials, "_bounded", lambda partial: True)
     bad = []

@@ -16,6 +16,7 @@ import pytest
 
 import symad
 from symad import compiled as compiled_mod
+from symad.runtime import flatten_call
 
 
 def _rosen(x):
@@ -24,9 +25,7 @@ def _rosen(x):
 
 def _drop_memory_caches():
     """Forget natives held in memory, so only the disk cache (if any) can share code."""
-    with compiled_mod._CACHE_LOCK:
-        compiled_mod._RECENT.clear()
-        compiled_mod._RESTORED.clear()
+    compiled_mod.clear_memory_cache()
     gc.collect()
 
 
@@ -77,13 +76,16 @@ def test_pickle_leaves_the_cache_folder_behind(tmp_path, monkeypatch):
     _drop_memory_caches()
     shutil.rmtree(sender)
     g = pickle.loads(blob)
-    assert g._cache is None and g.stats["disk_cache"] is None
+    assert g.stats["disk_cache"] is None
     assert g(x)[0] == want[0]
     np.testing.assert_array_equal(g(x)[1], want[1])
     assert not sender.exists()
-    # a worker with its own SYMAD_CACHE_DIR uses that folder
+    # a worker with its own SYMAD_CACHE_DIR uses that folder: g follows it (its cache
+    # option is None), h too
     worker = tmp_path / "worker"
     monkeypatch.setenv("SYMAD_CACHE_DIR", str(worker))
+    g(np.linspace(-1.0, 1.0, 5))
+    assert g.stats["disk_cache"] == "miss"
     del g
     _drop_memory_caches()
     h = pickle.loads(blob)
@@ -131,7 +133,7 @@ def test_pickle_round_trip_of_every_result_structure(case):
     g = pickle.loads(pickle.dumps(f))
     assert g is not f
     _assert_same_tree(g(*args), want)
-    assert (g._entry is g._slow_call) == (f._entry is f._slow_call)   # fast entry kept
+    assert (g.fast_entry is None) == (f.fast_entry is None)   # fast entry kept
     batch = [np.stack([a, 2 * np.asarray(a)]) for a in args]
     _assert_same_tree(g.batch(*batch), f.batch(*batch))
 
@@ -156,7 +158,8 @@ def test_one_array_result_runs_in_a_spawned_process_pool():
 
 def _state_of(f, *args):
     f(*args)
-    return f._pickle_state()
+    _, (state,) = f.__reduce__()            # what pickle stores: (restore_compiled, (state,))
+    return state
 
 
 def _tampered(state, n, **spec_fields):
@@ -168,7 +171,7 @@ def _tampered(state, n, **spec_fields):
 
 def _restore_raises(state, match):
     with pytest.raises(symad.SymadError, match=match) as info:
-        compiled_mod._restore_compiled(state)
+        compiled_mod.restore_compiled(state)
     return info.value
 
 
@@ -223,7 +226,7 @@ def test_attributes_on_ops_that_take_none_are_refused():
     table = _replace_row(state["specs"][0]["table"], "sin", lambda r: (r[0], r[1], (1,)))
     _restore_raises(_tampered(state, 1, table=table), "sin takes no attributes")
     # the untampered state restores and computes
-    g = compiled_mod._restore_compiled(dict(state, token="untampered"))
+    g = compiled_mod.restore_compiled(dict(state, token="untampered"))
     assert g(1.5) == 1.5 ** 3 + np.sin(1.5)
 
 
@@ -269,7 +272,7 @@ def test_malformed_states_raise_symad_errors_naming_the_problem():
     _restore_raises(_tampered(state, 0, key=(_deep_tree(100_000), ((3,),))), "nested")
     for what, bad in _malformed_states(state):
         try:
-            compiled_mod._restore_compiled(bad)
+            compiled_mod.restore_compiled(bad)
         except symad.SymadError as exc:
             assert "unpickle" in str(exc) or "rebuild" in str(exc), (what, exc)
         else:
@@ -279,11 +282,16 @@ def test_malformed_states_raise_symad_errors_naming_the_problem():
 # ---- item 21: specializations are bounded (LRU) and clear() drops them ----------------
 
 def _shapes(f):
-    return {k[1] for k in f._specs}
+    return {s.key[1] for s in f.specializations}
 
 
 def _natives(f):
-    return [weakref.ref(s.native) for s in f._specs.values()]
+    return [weakref.ref(s.native) for s in f.specializations]
+
+
+def _spec_of(f, *args):
+    (spec,) = [s for s in f.specializations if s.key == flatten_call(args)[1]]
+    return spec
 
 
 def test_specializations_are_bounded_least_recently_used_first():
@@ -292,7 +300,7 @@ def test_specializations_are_bounded_least_recently_used_first():
         assert f(np.ones(n)) == pytest.approx(2.0 * n * np.sin(1.0))
     # the first shape serves the fast entry and stays; the two most recent stay
     assert _shapes(f) == {((1,),), ((5,),), ((6,),)}
-    assert f._entry is f._specs[compiled_mod._flatten_call((np.ones(1),))[1]].fast
+    assert f.fast_entry is _spec_of(f, np.ones(1)).fast
     f(np.ones(5))             # now used more recently than (6,)
     assert f(np.ones(2)) == pytest.approx(4.0 * np.sin(1.0))    # compiled again
     assert _shapes(f) == {((1,),), ((5,),), ((2,),)}
@@ -313,12 +321,12 @@ def test_evicted_native_code_is_freed():
 def test_a_bound_of_one_moves_the_fast_entry():
     f = symad.compile_grad(lambda x: np.sum(x ** 3), max_specializations=1)
     value, grad = f(np.full(2, 2.0))
-    old_entry = f._entry
+    old_entry = f.fast_entry
     assert value == 16.0 and list(grad) == [12.0, 12.0]
     value, grad = f(np.full(3, 2.0))
     assert value == 24.0 and list(grad) == [12.0] * 3
-    assert len(f._specs) == 1 and f._entry is not old_entry
-    assert f._entry is next(iter(f._specs.values())).fast
+    assert len(f.specializations) == 1 and f.fast_entry is not old_entry
+    assert f.fast_entry is f.specializations[0].fast
     assert old_entry(np.full(2, 2.0))[0] == 16.0    # a stale entry object still works
 
 
@@ -328,13 +336,13 @@ def test_clear_drops_every_specialization():
     f(np.ones(2), 3.0)
     natives = _natives(f)
     f.clear()
-    assert len(f._specs) == 0 and f._entry == f._slow_call
+    assert len(f.specializations) == 0 and f.fast_entry is None
     with pytest.raises(symad.SymadError, match="call it once"):
         f.stats  # noqa: B018
     gc.collect()
     assert all(r() is None for r in natives)
     assert f(1.0, 2.0) == np.sin(1.0) * 2.0 - 0.125
-    assert len(f._specs) == 1
+    assert len(f.specializations) == 1
 
 
 def test_clearing_an_unpickled_lambda_does_not_spoil_the_next_unpickle():
@@ -356,8 +364,8 @@ def test_max_specializations_is_checked_and_pickled():
     for n in (1, 2, 3):
         f(np.ones(n))
     g = pickle.loads(pickle.dumps(f))
-    assert g._max_specs == 2 and len(g._specs) == 2
-    assert compiled_mod.MAX_SPECIALIZATIONS == symad.compile(np.sin)._max_specs
+    assert g.max_specializations == 2 and len(g.specializations) == 2
+    assert compiled_mod.MAX_SPECIALIZATIONS == symad.compile(np.sin).max_specializations
 
 
 def test_eviction_while_other_threads_call_the_fast_entry():
@@ -367,7 +375,7 @@ def test_eviction_while_other_threads_call_the_fast_entry():
     stop, errors = threading.Event(), []
 
     def caller():
-        entry = f._entry          # keep calling one entry object while it is evicted
+        entry = f.fast_entry or f   # keep calling one entry object while it is evicted
         while not stop.is_set():
             if entry(x) != 14.0:
                 errors.append("wrong value")

@@ -33,13 +33,13 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("SYMAD_CACHE_KEY", str(tmp_path / "config" / "cache.key"))
     monkeypatch.delenv(diskcache.ENV_VAR, raising=False)
     monkeypatch.delenv("SYMAD_CACHE_MAX_BYTES", raising=False)
+    # private: each warning is shown once per process by design; each test starts anew
     monkeypatch.setattr(diskcache, "_WARNED", set(), raising=False)
 
 
 def _fresh(fn, compile_=symad.compile, **kw):
     """Compile ``fn`` with the in-memory caches emptied (as a fresh process would)."""
-    with compiled_mod._CACHE_LOCK:
-        compiled_mod._RECENT.clear()
+    compiled_mod.clear_memory_cache()
     gc.collect()
     return compile_(fn, **kw)
 

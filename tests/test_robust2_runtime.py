@@ -85,7 +85,7 @@ def test_reentrant_conversion_in_array_level_call_path():
     x = np.arange(500.0)
     sneaky = _CallsBack(f, np.full(500, 2.0), (_f32(500, 9.0), _f32(500, 9.0)))
     got = f(x, sneaky)
-    assert f._last.stats.get("array_level")
+    assert f.stats.get("array_level")
     np.testing.assert_array_equal(got, 3.0 * x)
     np.testing.assert_array_equal(sneaky.inner, np.full(500, 90.0))
 
@@ -285,7 +285,7 @@ def test_failed_chunk_waits_for_the_other_workers():
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from symad.compiled import _run_parallel
+    from symad.runtime import run_parallel
     started, finished = [], []
 
     def chunk(k):
@@ -297,7 +297,7 @@ def test_failed_chunk_waits_for_the_other_workers():
 
     with ThreadPoolExecutor(3) as pool:
         with pytest.raises(RuntimeError, match="chunk 0 failed"):
-            _run_parallel(pool, chunk, [(0,), (1,), (2,)])
+            run_parallel(pool, chunk, [(0,), (1,), (2,)])
         # Every chunk that started has finished (chunks not yet started are cancelled,
         # which depends on scheduling); none runs on after the call returned.
         done = sorted(finished)

@@ -216,7 +216,7 @@ def test_heap_buffers_give_the_stack_paths_results(monkeypatch):
     r1, r2 = h(0.5, y, 2.0)
     np.testing.assert_allclose(r1, 0.5 * np.sin(y) + 2.0, rtol=1e-15)
     assert r2 == 0.5 - 7.0
-    assert h._latest().native.py_address is not None        # the emitted entry ran
+    assert h.fast_entry is not None                          # the emitted entry
     r1, r2 = h(1, y.tolist(), 2.0)                           # the Python path converts
     np.testing.assert_allclose(r1, np.sin(y) + 2.0, rtol=1e-15)
     r1, r2 = h(0.5, y[:3], 2.0)                              # another shape: retraced
@@ -331,11 +331,11 @@ def test_chunked_kernel_stores_constant_and_repeated_outputs_by_loops(monkeypatc
     vb, gb = f.batch(np.stack([x, 0.5 * x]), threads=1)
     np.testing.assert_allclose(gb[0], gi, rtol=1e-10, atol=1e-13)
     # (one store per op node a chunk computes, not one per zero of the gradient)
-    assert f._latest().native.module.llvm_ir.count("store double") < 1_000
+    assert f.specializations[-1].native.module.llvm_ir.count("store double") < 1_000
 
     h = symad.compile(lambda v: np.full(2_000, chain(v)))
     np.testing.assert_allclose(h(x), vi, rtol=1e-12)
-    assert h._latest().native.module.llvm_ir.count("store double") < 1_000
+    assert h.specializations[-1].native.module.llvm_ir.count("store double") < 1_000
 
 
 def test_constant_outputs_in_the_batch_entrys_two_kernels(scalar_graphs):

@@ -129,7 +129,8 @@ def test_engines_of_dropped_functions_are_freed():
             return np.sin(x * c) * y + np.exp(-(x * y)) * (c + i)
         return f
 
-    for i in range(compiled._RECENT_MAX + 10):     # fill the LRU first
+    recent_max = compiled.memory_cache_info()["recent_max"]
+    for i in range(recent_max + 10):     # fill the LRU first
         symad.compile_grad(make(10_000 + i))(1.0, 2.0)
     gc.collect()
     before = _rss_mib()
@@ -138,13 +139,13 @@ def test_engines_of_dropped_functions_are_freed():
     for i in range(n):
         g = symad.compile_grad(make(i))
         g(1.0, 2.0)
-        natives.append(weakref.ref(g._last.native.module))
+        natives.append(weakref.ref(g.specializations[-1].native.module))
     del g
     gc.collect()
     alive = sum(r() is not None for r in natives)
     growth = _rss_mib() - before
     # Only the bounded LRU keeps native code of functions nobody references.
-    assert alive <= compiled._RECENT_MAX
+    assert alive <= recent_max
     # llvmlite leaks ~50 KB per run of its default pipeline (measured: it grows with the
     # number of pipelines built, not with engines kept); engines themselves are freed.
     # Keeping all 300 engines alive would add well over this bound.

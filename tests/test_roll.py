@@ -11,8 +11,9 @@ import pytest
 from programs import lennard_jones, rosen
 
 import symad
-from symad import compiled, interp, policy
+from symad import interp, policy
 from symad.codegen import roll
+from symad.compiled import clear_memory_cache
 
 
 @pytest.fixture(autouse=True)
@@ -32,18 +33,18 @@ def mixed(x):
 
 def _pair(f, x):
     """(rolled, straight) value+grad of ``f`` at ``x``, and the rolled function."""
-    compiled._CACHE.clear()       # compiled code is cached by graph: build both anew
+    clear_memory_cache()          # compiled code is cached by graph: build both anew
     fr = symad.compile_grad(f)
     rolled = fr(x)
     old = policy.ROLL_MIN_NODES
     policy.ROLL_MIN_NODES = 10**12
     try:
-        compiled._CACHE.clear()
+        clear_memory_cache()
         fs = symad.compile_grad(f)
         straight = fs(x)
     finally:
         policy.ROLL_MIN_NODES = old
-        compiled._CACHE.clear()
+        clear_memory_cache()
     assert fs.stats["rolled"] is None
     return rolled, straight, fr
 
@@ -60,7 +61,7 @@ def test_rolled_kernels_match_straight_line_bit_for_bit(f, n):
     assert v == v0 and np.array_equal(g, g0)
     # and both agree with the numpy reference interpreter
     gr = fr.grad_graph
-    ref = interp.evaluate(gr, fr._latest().outputs, dict(zip(gr.inputs, x)))
+    ref = interp.evaluate(gr, gr.outputs, dict(zip(gr.inputs, x)))
     np.testing.assert_allclose(np.r_[v, g], np.array(ref), rtol=1e-12, atol=1e-300)
 
 
@@ -83,7 +84,7 @@ def test_running_sum_total_stays_in_a_register():
     x = np.linspace(-1.0, 1.0, 500)
     f = symad.compile_grad(rosen)
     f(x)
-    plan = roll.plan(f.grad_graph, f._latest().outputs)
+    plan = roll.plan(f.grad_graph, f.grad_graph.outputs)
     loops = [seg for seg in plan.segments if isinstance(seg, roll.Loop)]
     kept = [(seg, r) for seg in loops for r in seg.keeps]
     assert kept, "the running sum's total should be kept, not stored"
@@ -106,7 +107,7 @@ def test_pairs_of_particles_use_index_tables():
     f = symad.compile_grad(lennard_jones)
     f(x)
     g = f.grad_graph
-    plan = roll.plan(g, f._latest().outputs)
+    plan = roll.plan(g, g.outputs)
     tables = [op for seg in plan.segments if isinstance(seg, roll.Loop)
               for row in seg.operands for op in row if op.table is not None]
     assert tables, "the i < j pairs do not move evenly: they need index tables"
@@ -151,7 +152,8 @@ def test_schedules_are_topological_and_complete():
     x = np.linspace(0.1, 0.9, 60)
     f = symad.compile_grad(mixed)
     f(x)
-    g, outs = f.grad_graph, f._latest().outputs
+    g = f.grad_graph
+    outs = g.outputs
     ops = {n for n in g.live(outs) if n.args}
     assert g.accumulations      # the reverse pass recorded its gradient sums
     for order in (roll.creation_schedule, roll.depth_first_schedule,
@@ -166,22 +168,27 @@ def test_rolled_batch_is_planned_apart_and_matches_single_calls(monkeypatch):
     # The batch kernel (four points at once) may take the contributions-first plan, which
     # fuses each pair's adjoint; its results equal the single calls' bit for bit.
     monkeypatch.setattr(policy, "ROLLED_BATCH_NODES", 1000)
-    compiled._CACHE.clear()
+    clear_memory_cache()
     n = 3 * 20
     f = symad.compile_grad(lennard_jones)
     rng = np.random.default_rng(11)
     xs = np.arange(n, dtype=float) * 0.37 % 3.0 + rng.uniform(0, 0.1, (9, n))
     values, grads = f.batch(xs, threads=1)
-    native = f._latest().native
-    assert native.batch_buffer > 0          # the rolled kernel's value buffer
-    g, outs = f.grad_graph, f._latest().outputs
+    # the batch kernel is rolled: four points per call, its values in a buffer it takes
+    # as a third pointer (after the inputs and outputs)
+    assert f.stats["kernel"]["batch"] == "rolled"
+    (kernel4,) = [line for line in f.llvm_ir.splitlines()
+                  if line.startswith("define") and '_kernel4"(' in line]
+    assert kernel4.count("ptr") == 3
+    g = f.grad_graph
+    outs = g.outputs
     single = roll.plan(g, outs)
     batch = roll.batch_plan(g, outs, single)
     assert batch.work() < single.work()     # the fused reverse pass won for the batch
     for i in range(len(xs)):
         v, gi = f(xs[i])
         assert v == values[i] and np.array_equal(gi, grads[i])
-    compiled._CACHE.clear()
+    clear_memory_cache()
 
 
 def test_deep_chain_schedules_without_recursion():

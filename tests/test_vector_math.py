@@ -19,11 +19,11 @@ def test_default_batch_never_calls_vector_math():
     assert "_ZGVd" not in f.llvm_ir and "_kernel4" not in f.llvm_ir
 
 
-@pytest.mark.parametrize("name,attrs", list(tc._cases()))
+@pytest.mark.parametrize("name,attrs", list(tc.cases()))
 def test_fastmath_batch_matches_interpreter(name, attrs):
-    pts = tc._points(name)
+    pts = tc.points(name)
     cols = [pts[:, i].copy() for i in range(pts.shape[1])]
-    f = symad.compile(tc._op_fn(name, attrs), fastmath=True)
+    f = symad.compile(tc.op_fn(name, attrs), fastmath=True)
     got = f.batch(*cols)
     if _libmvec():
         assert "_kernel4" in f.llvm_ir
@@ -34,7 +34,7 @@ def test_fastmath_batch_matches_interpreter(name, attrs):
     # libmvec is within a few ulp of scalar libm: far inside the suite's tolerance.
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=0, equal_nan=True)
     assert np.array_equal(np.isnan(got), np.isnan(want))
-    assert np.array_equal(tc._inf_sign(got), tc._inf_sign(want))
+    assert np.array_equal(tc.inf_sign(got), tc.inf_sign(want))
 
 
 def test_fastmath_gradient_batch_with_tails_and_threads():
