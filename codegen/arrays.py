@@ -26,6 +26,7 @@ fuse=True)``): the lanes are its vectors, and a fused loop stores less.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
@@ -94,57 +95,113 @@ def _cone(n: Node, limit: int, heads) -> tuple[list, list]:
     return sorted(cone.values(), key=lambda x: x.id), list(frontier.values())
 
 
-def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False):
-    """(loops in order, ids of the nodes stored in buffers, {view sum id: operand},
-    {reduction id: the nodes its loop recomputes}). With ``fuse``, sums run in their
-    operand's loop (a kernel over several points, vectorised across them, has no
-    vectorising of elements to keep them apart for)."""
-    groups: list[_Group] = []
-    group_of: dict[int, int] = {}
-    stored: set[int] = set()
-    views: dict[int, Node] = {}
-    viewed: set[int] = set()
-    cones: dict[int, list] = {}
-    reads: dict[int, list] = {}
-    live = graph.live(outputs)
-    budget: dict[int, int] = {}
-    for n in live:
-        if _reduces(n):
-            d = n.args[0].size
-            budget[d] = budget.get(d, policy.REDUCTION_BUDGET) - 3
-    # Sums only ever added together (a particle's force from each coordinate of each
-    # pair it is in) add into one buffer: its head, the last addition, is that buffer.
+@dataclass
+class LoopPlan:
+    """What ``plan`` decided: the loops, and where each value lives."""
+    groups: list[_Group]            # the loops, in order
+    stored: set[int]                # ids of the nodes with a buffer
+    views: dict[int, Node]          # a slice-adjoint sum's id -> its operand (buffer inside)
+    cones: dict[int, list]          # a reduction's id -> the nodes its loop recomputes
+    family: dict[int, int]          # a family member sum's id -> its head's id
+
+
+def _families(live: list, outputs: Sequence[Node]) -> dict[int, list]:
+    """{head id: member sums}. Sums only ever added together (a particle's force from
+    each coordinate of each pair it is in) add into one buffer: its head, the last
+    addition, is that buffer."""
     uses: dict[int, int] = {}
-    for n in live:
-        for a in n.args:
-            uses[a.id] = uses.get(a.id, 0) + 1
-    for o in outputs:
-        uses[o.id] = uses.get(o.id, 0) + 1
-    members: dict[int, list] = {}           # family head id -> its sums
+    for a in [*(a for n in live for a in n.args), *outputs]:
+        uses[a.id] = uses.get(a.id, 0) + 1
+    members: dict[int, list] = {}
     for n in live:
         if n.op == "add" and n.size > 1 and all(
                 uses[a.id] == 1 and a.size == n.size and (a.id in members or _reduces(a))
                 for a in n.args):
             members[n.id] = [m for a in n.args for m in members.pop(a.id, [a])]
-    family = {m.id: head for head, ms in members.items() for m in ms}
-    for n in live if not fuse else ():
+    return members
+
+
+def _cones(live: list, members: dict) -> tuple[dict, dict]:
+    """({reduction id: the nodes its loop recomputes}, {reduction id: what it reads}):
+    cheap operands are recomputed where they are added (a reduction loop's core is
+    idle), within a budget per domain (policy.REDUCTION_BUDGET, 3 per reduction)."""
+    budget: dict[int, int] = {}
+    for n in live:
+        if _reduces(n):
+            d = n.args[0].size
+            budget[d] = budget.get(d, policy.REDUCTION_BUDGET) - 3
+    cones: dict[int, list] = {}
+    reads: dict[int, list] = {}
+    for n in live:
         if _reduces(n):
             d = n.args[0].size
             cones[n.id], reads[n.id] = _cone(n, max(budget[d], 0), members)
             budget[d] -= len(cones[n.id])
+    return cones, reads
+
+
+def _needed(outputs: Sequence[Node], reads: dict, members: dict) -> set[int]:
+    """Ids of the nodes computed in loops of their own (not only inside a cone)."""
     needed: set[int] = set()
     stack = list(outputs)
-    while stack:                    # what is computed in loops of its own
+    while stack:
         n = stack.pop()
-        if n.id in needed:
-            continue
-        needed.add(n.id)
-        stack.extend(reads[n.id] if n.id in reads else
-                     members[n.id] if n.id in members else n.args)
+        if n.id not in needed:
+            needed.add(n.id)
+            stack.extend(reads[n.id] if n.id in reads else
+                         members[n.id] if n.id in members else n.args)
+    return needed
+
+
+def _operands(n: Node, kind: str, dom: int, p: LoopPlan, group_of: dict, reads: dict,
+              members: dict) -> tuple[int, list]:
+    """(the first loop ``n`` may join, its operands read as registers there). Operands
+    read otherwise (another position, after a sum, by a reduction) are stored."""
+    need, same = 0, []
+    reduces = _reduces(n)
+    for a in reads.get(n.id, n.args):
+        if not a.args:
+            continue                    # inputs and constants are read in place
+        ga = group_of[a.id]
+        if a.size == 1 and a.op != "sum" and kind == "point" and dom == 1:
+            need = max(need, ga)        # a register of the same straight code
+        elif a.size == 1:
+            need = max(need, ga + 1)    # a register, after a's loop
+        elif kind == "point" and (n.op not in ("gather", "sum") or reduces) and \
+                a.op != "sum" and a.id not in members:
+            need = max(need, ga)        # the same element: a register in a's loop
+            same.append(a)
+        else:
+            need = max(need, ga + 1)
+            p.stored.add(a.id)
+    return need, same
+
+
+def _join(p: LoopPlan, kind: str, dom: int, need: int) -> int:
+    """The first loop of ``kind`` over ``dom`` from ``need`` on (a new one at the end)."""
+    for j in range(need, len(p.groups)):
+        if p.groups[j].domain == dom and p.groups[j].kind == kind:
+            return j
+    p.groups.append(_Group(kind, dom))
+    return len(p.groups) - 1
+
+
+def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False) -> LoopPlan:
+    """The loops of a kernel and where each value lives. With ``fuse``, sums run in
+    their operand's loop (a kernel over several points, vectorised across them, has no
+    vectorising of elements to keep them apart for)."""
+    live = graph.live(outputs)
+    members = _families(live, outputs)
+    cones, reads = _cones(live, members) if not fuse else ({}, {})
+    family = {m.id: head for head, ms in members.items() for m in ms}
+    p = LoopPlan([], set(), {}, cones, family)
+    needed = _needed(outputs, reads, members)
+    group_of: dict[int, int] = {}
+    viewed: set[int] = set()
     for n in live:
         if n.id in members:         # a family head: computed by its sums' loops
             group_of[n.id] = max(group_of[m.id] for m in members[n.id])
-            stored.add(n.id)
+            p.stored.add(n.id)
             continue
         if not n.args or n.id not in needed:
             continue
@@ -152,46 +209,22 @@ def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False):
         # (a family head's buffer is its sums': a view into it would be written before
         # the family starts adding)
         if x is not None and x.id not in viewed and x.id not in members:
-            views[n.id] = x
+            p.views[n.id] = x
             viewed.add(x.id)
             group_of[n.id] = group_of[x.id]
-            stored.update((n.id, x.id))
+            p.stored.update((n.id, x.id))
             continue
         reduces = _reduces(n)
         kind = "reduce" if reduces and not fuse else "point"
         dom = n.args[0].size if reduces else n.size
-        need, same = 0, []
-        for a in reads.get(n.id, n.args):
-            if not a.args:
-                continue                    # inputs and constants are read in place
-            ga = group_of[a.id]
-            if a.size == 1 and a.op != "sum" and kind == "point" and dom == 1:
-                need = max(need, ga)        # a register of the same straight code
-            elif a.size == 1:
-                need = max(need, ga + 1)    # a register, after a's loop
-            elif kind == "point" and (n.op not in ("gather", "sum") or reduces) and \
-                    a.op != "sum" and a.id not in members:
-                need = max(need, ga)        # the same element: a register in a's loop
-                same.append(a)
-            else:
-                need = max(need, ga + 1)
-                stored.add(a.id)
-        g = next((j for j in range(need, len(groups))
-                  if groups[j].domain == dom and groups[j].kind == kind), None)
-        if g is None:
-            groups.append(_Group(kind, dom))
-            g = len(groups) - 1
-        groups[g].nodes.append(n)
-        group_of[n.id] = g
-        for a in same:
-            if group_of[a.id] != g:
-                stored.add(a.id)
+        need, same = _operands(n, kind, dom, p, group_of, reads, members)
+        g = group_of[n.id] = _join(p, kind, dom, need)
+        p.groups[g].nodes.append(n)
+        p.stored.update(a.id for a in same if group_of[a.id] != g)
         if reduces and n.size > 1 and n.id not in family:
-            stored.add(n.id)
-    for o in outputs:
-        if o.args and o.size > 1:
-            stored.add(o.id)
-    return groups, stored, views, cones, family
+            p.stored.add(n.id)
+    p.stored.update(o.id for o in outputs if o.args and o.size > 1)
+    return p
 
 
 class _Emitter:
@@ -296,8 +329,9 @@ class _Emitter:
 
     # -- emitting ----------------------------------------------------------------------
     def emit(self) -> ir.Function:
-        groups, stored, views, self.cones, self.family = plan(
-            self.graph, self.outputs, fuse=self.width > 1)
+        p = plan(self.graph, self.outputs, fuse=self.width > 1)
+        groups, stored, views, self.cones, self.family = \
+            p.groups, p.stored, p.views, p.cones, p.family
         viewed = {x.id for x in views.values()}
         # Stored outputs are stored where they are returned (a second output of the same
         # node is copied).
@@ -543,7 +577,7 @@ def emit_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node], name: 
 
 def buffer_doubles(graph: Graph, outputs: Sequence[Node], width: int) -> int:
     """Scratch doubles the ``width``-point kernel needs (its stored values)."""
-    groups, stored, views, cones, family = plan(graph, outputs, fuse=width > 1)
-    elsewhere = {x.id for x in views.values()} | {o.id for o in outputs}
+    p = plan(graph, outputs, fuse=width > 1)
+    elsewhere = {x.id for x in p.views.values()} | {o.id for o in outputs}
     return width * sum(n.size for n in graph.live(outputs)
-                       if n.id in stored and n.id not in elsewhere)
+                       if n.id in p.stored and n.id not in elsewhere)
