@@ -305,6 +305,8 @@ class _Emitter:
         b = self.b
         if a.op == "input":
             off = self.offsets[a.id]
+            if a.size == 1:         # a scalar argument, broadcast: its one element
+                idx = ir.Constant(I64, 0)
             j = b.add(idx, ir.Constant(I64, off)) if off else idx
             return self.read(self.element(self.in_ptr, j,
                                           self.in_stride if self.width > 1 else None))
