@@ -482,83 +482,101 @@ class _Emitter:
         order: into one value, a register; into segments that come in runs of
         consecutive elements (a pair's first particle), a loop per run adding in a
         register and storing its total; into other segments, added in their buffer."""
-        b = self.b
         minus_zero = self.const(-0.0)
-        nodes = group.nodes
-        sums = [n for n in nodes if _reduces(n)]
-        singles = [n for n in sums if n.size == 1]
-        runs = [n for n in sums if n.size > 1 and n.attrs[0].runs() == "runs"]
-        starts = _run_starts(runs[0].attrs[0].index) if runs else None
-        # several run sums share the loop over runs only where their runs coincide
-        runs = [n for n in runs if np.array_equal(_run_starts(n.attrs[0].index), starts)]
-        for n in sums:
-            if n.size > 1 and n.id not in self.family:
+        singles, runs, starts = _accumulators(group.nodes)
+        for n in group.nodes:
+            if _reduces(n) and n.size > 1 and n.id not in self.family:
                 self.loop(n.size, lambda k, n=n: self.store(n, k, minus_zero))
 
         def element(k, singles_acc, runs_acc):
-            vals: dict[int, ir.Value] = {}
             acc = dict(zip((n.id for n in singles + runs), (*singles_acc, *runs_acc)))
-
-            def get(a):
-                v = vals.get(a.id)
-                return v if v is not None else self.at(a, k)
-            for n in nodes:
-                if _reduces(n):
-                    for c in self.cones.get(n.id, ()):     # its operand, recomputed here
-                        if c.id not in vals:
-                            vals[c.id] = self.at(c.args[0], self.position(c.attrs[0], k)) \
-                                if c.op == "gather" else \
-                                lower_node(b, self.module, c, [get(a) for a in c.args],
-                                           self.flags, self.vector_math)
-                    x = get(n.args[0])
-                    if n.id in acc:
-                        acc[n.id] = b.fadd(acc[n.id], x, flags=self.flags)
-                    else:
-                        p = self.slot(n, self.position(n.attrs[0], k))
-                        self.write(b.fadd(self.read(p), x, flags=self.flags), p)
-                    continue
-                if n.op == "gather":
-                    src = n.args[0]
-                    v = self.at(src, self.position(n.attrs[0], k)) if src.size > 1 \
-                        else self.at(src, ir.Constant(I64, 0))
-                elif n.op == "sum":             # distinct segments: -0.0 + x == x
-                    v = self.scattered(n, k)
-                else:
-                    v = lower_node(b, self.module, n, [get(a) for a in n.args], self.flags,
-                                   self.vector_math)
-                vals[n.id] = v
-                if n.id in self.buffer:
-                    self.store(n, k, v)
-            if group.domain == 1:
-                self.scalars.update(vals)
+            self.elements(group, k, acc)
             return [acc[n.id] for n in singles], [acc[n.id] for n in runs]
 
-        n_single = len(singles)
-        start = [minus_zero] * n_single
+        start = [minus_zero] * len(singles)
         if group.domain == 1:
             finals = element(ir.Constant(I64, 0), start, [])[0]
         elif not runs:
             finals = self.loop(group.domain, lambda k, *acc: element(k, acc, [])[0], start)
         else:
-            g, _ = self.table(starts.tobytes(), starts, "runs")
-
-            def run(r, *singles_acc):
-                lo = b.sext(self.load(g, r, I32), I64)
-                hi = b.sext(self.load(g, b.add(r, ir.Constant(I64, 1)), I32), I64)
-
-                def step(k, *acc):
-                    one, many = element(k, acc[:n_single], acc[n_single:])
-                    return one + many
-                out = self.loop(hi, step, list(singles_acc) + [minus_zero] * len(runs), lo)
-                for n, total in zip(runs, out[n_single:]):
-                    p = self.slot(n, self.position(n.attrs[0], lo))
-                    if n.id in self.family:         # into the family's buffer
-                        total = b.fadd(self.read(p), total, flags=self.flags)
-                    self.write(total, p)
-                return out[:n_single]
-            finals = self.loop(len(starts) - 1, run, start)
+            finals = self.runs_loop(element, singles, runs, starts)
         for n, v in zip(singles, finals):
             self.scalars[n.id] = v
+
+    def elements(self, group: _Group, k: ir.Value, acc: dict) -> None:
+        """Element ``k`` of every node of the group: pointwise values in registers (stored
+        where they have a buffer), sums added into ``acc`` (their registers) or their
+        buffer at ``k``'s segment."""
+        b = self.b
+        vals: dict[int, ir.Value] = {}
+
+        def get(a):
+            v = vals.get(a.id)
+            return v if v is not None else self.at(a, k)
+        for n in group.nodes:
+            if _reduces(n):
+                for c in self.cones.get(n.id, ()):     # its operand, recomputed here
+                    if c.id not in vals:
+                        vals[c.id] = self.at(c.args[0], self.position(c.attrs[0], k)) \
+                            if c.op == "gather" else \
+                            lower_node(b, self.module, c, [get(a) for a in c.args],
+                                       self.flags, self.vector_math)
+                x = get(n.args[0])
+                if n.id in acc:
+                    acc[n.id] = b.fadd(acc[n.id], x, flags=self.flags)
+                else:
+                    p = self.slot(n, self.position(n.attrs[0], k))
+                    self.write(b.fadd(self.read(p), x, flags=self.flags), p)
+                continue
+            if n.op == "gather":
+                src = n.args[0]
+                v = self.at(src, self.position(n.attrs[0], k)) if src.size > 1 \
+                    else self.at(src, ir.Constant(I64, 0))
+            elif n.op == "sum":             # distinct segments: -0.0 + x == x
+                v = self.scattered(n, k)
+            else:
+                v = lower_node(b, self.module, n, [get(a) for a in n.args], self.flags,
+                               self.vector_math)
+            vals[n.id] = v
+            if n.id in self.buffer:
+                self.store(n, k, v)
+        if group.domain == 1:
+            self.scalars.update(vals)
+
+    def runs_loop(self, element, singles: list, runs: list, starts: np.ndarray) -> list:
+        """A loop over the runs, each an inner loop over its elements adding the run sums
+        in registers and storing (or, a family's, adding) their totals at the run's
+        segment; the single sums' registers carried through. Their final values."""
+        b, minus_zero, n_single = self.b, self.const(-0.0), len(singles)
+        g, _ = self.table(starts.tobytes(), starts, "runs")
+
+        def run(r, *singles_acc):
+            lo = b.sext(self.load(g, r, I32), I64)
+            hi = b.sext(self.load(g, b.add(r, ir.Constant(I64, 1)), I32), I64)
+
+            def step(k, *acc):
+                one, many = element(k, acc[:n_single], acc[n_single:])
+                return one + many
+            out = self.loop(hi, step, list(singles_acc) + [minus_zero] * len(runs), lo)
+            for n, total in zip(runs, out[n_single:]):
+                p = self.slot(n, self.position(n.attrs[0], lo))
+                if n.id in self.family:         # into the family's buffer
+                    total = b.fadd(self.read(p), total, flags=self.flags)
+                self.write(total, p)
+            return out[:n_single]
+        return self.loop(len(starts) - 1, run, [minus_zero] * n_single)
+
+
+def _accumulators(nodes: list) -> tuple[list, list, np.ndarray]:
+    """(sums into one value, sums over runs sharing one loop over them, those runs'
+    starts): the sums of a group that add in registers."""
+    sums = [n for n in nodes if _reduces(n)]
+    singles = [n for n in sums if n.size == 1]
+    runs = [n for n in sums if n.size > 1 and n.attrs[0].runs() == "runs"]
+    starts = _run_starts(runs[0].attrs[0].index) if runs else np.zeros(1, np.int64)
+    # several run sums share the loop over runs only where their runs coincide
+    runs = [n for n in runs if np.array_equal(_run_starts(n.attrs[0].index), starts)]
+    return singles, runs, starts
 
 
 def _run_starts(index: np.ndarray) -> np.ndarray:
