@@ -26,6 +26,7 @@ fuse=True)``): the lanes are its vectors, and a fused loop stores less.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
@@ -94,57 +95,113 @@ def _cone(n: Node, limit: int, heads) -> tuple[list, list]:
     return sorted(cone.values(), key=lambda x: x.id), list(frontier.values())
 
 
-def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False):
-    """(loops in order, ids of the nodes stored in buffers, {view sum id: operand},
-    {reduction id: the nodes its loop recomputes}). With ``fuse``, sums run in their
-    operand's loop (a kernel over several points, vectorised across them, has no
-    vectorising of elements to keep them apart for)."""
-    groups: list[_Group] = []
-    group_of: dict[int, int] = {}
-    stored: set[int] = set()
-    views: dict[int, Node] = {}
-    viewed: set[int] = set()
-    cones: dict[int, list] = {}
-    reads: dict[int, list] = {}
-    live = graph.live(outputs)
-    budget: dict[int, int] = {}
-    for n in live:
-        if _reduces(n):
-            d = n.args[0].size
-            budget[d] = budget.get(d, policy.REDUCTION_BUDGET) - 3
-    # Sums only ever added together (a particle's force from each coordinate of each
-    # pair it is in) add into one buffer: its head, the last addition, is that buffer.
+@dataclass
+class LoopPlan:
+    """What ``plan`` decided: the loops, and where each value lives."""
+    groups: list[_Group]            # the loops, in order
+    stored: set[int]                # ids of the nodes with a buffer
+    views: dict[int, Node]          # a slice-adjoint sum's id -> its operand (buffer inside)
+    cones: dict[int, list]          # a reduction's id -> the nodes its loop recomputes
+    family: dict[int, int]          # a family member sum's id -> its head's id
+
+
+def _families(live: list, outputs: Sequence[Node]) -> dict[int, list]:
+    """{head id: member sums}. Sums only ever added together (a particle's force from
+    each coordinate of each pair it is in) add into one buffer: its head, the last
+    addition, is that buffer."""
     uses: dict[int, int] = {}
-    for n in live:
-        for a in n.args:
-            uses[a.id] = uses.get(a.id, 0) + 1
-    for o in outputs:
-        uses[o.id] = uses.get(o.id, 0) + 1
-    members: dict[int, list] = {}           # family head id -> its sums
+    for a in [*(a for n in live for a in n.args), *outputs]:
+        uses[a.id] = uses.get(a.id, 0) + 1
+    members: dict[int, list] = {}
     for n in live:
         if n.op == "add" and n.size > 1 and all(
                 uses[a.id] == 1 and a.size == n.size and (a.id in members or _reduces(a))
                 for a in n.args):
             members[n.id] = [m for a in n.args for m in members.pop(a.id, [a])]
-    family = {m.id: head for head, ms in members.items() for m in ms}
-    for n in live if not fuse else ():
+    return members
+
+
+def _cones(live: list, members: dict) -> tuple[dict, dict]:
+    """({reduction id: the nodes its loop recomputes}, {reduction id: what it reads}):
+    cheap operands are recomputed where they are added (a reduction loop's core is
+    idle), within a budget per domain (policy.REDUCTION_BUDGET, 3 per reduction)."""
+    budget: dict[int, int] = {}
+    for n in live:
+        if _reduces(n):
+            d = n.args[0].size
+            budget[d] = budget.get(d, policy.REDUCTION_BUDGET) - 3
+    cones: dict[int, list] = {}
+    reads: dict[int, list] = {}
+    for n in live:
         if _reduces(n):
             d = n.args[0].size
             cones[n.id], reads[n.id] = _cone(n, max(budget[d], 0), members)
             budget[d] -= len(cones[n.id])
+    return cones, reads
+
+
+def _needed(outputs: Sequence[Node], reads: dict, members: dict) -> set[int]:
+    """Ids of the nodes computed in loops of their own (not only inside a cone)."""
     needed: set[int] = set()
     stack = list(outputs)
-    while stack:                    # what is computed in loops of its own
+    while stack:
         n = stack.pop()
-        if n.id in needed:
-            continue
-        needed.add(n.id)
-        stack.extend(reads[n.id] if n.id in reads else
-                     members[n.id] if n.id in members else n.args)
+        if n.id not in needed:
+            needed.add(n.id)
+            stack.extend(reads[n.id] if n.id in reads else
+                         members[n.id] if n.id in members else n.args)
+    return needed
+
+
+def _operands(n: Node, kind: str, dom: int, p: LoopPlan, group_of: dict, reads: dict,
+              members: dict) -> tuple[int, list]:
+    """(the first loop ``n`` may join, its operands read as registers there). Operands
+    read otherwise (another position, after a sum, by a reduction) are stored."""
+    need, same = 0, []
+    reduces = _reduces(n)
+    for a in reads.get(n.id, n.args):
+        if not a.args:
+            continue                    # inputs and constants are read in place
+        ga = group_of[a.id]
+        if a.size == 1 and a.op != "sum" and kind == "point" and dom == 1:
+            need = max(need, ga)        # a register of the same straight code
+        elif a.size == 1:
+            need = max(need, ga + 1)    # a register, after a's loop
+        elif kind == "point" and (n.op not in ("gather", "sum") or reduces) and \
+                a.op != "sum" and a.id not in members:
+            need = max(need, ga)        # the same element: a register in a's loop
+            same.append(a)
+        else:
+            need = max(need, ga + 1)
+            p.stored.add(a.id)
+    return need, same
+
+
+def _join(p: LoopPlan, kind: str, dom: int, need: int) -> int:
+    """The first loop of ``kind`` over ``dom`` from ``need`` on (a new one at the end)."""
+    for j in range(need, len(p.groups)):
+        if p.groups[j].domain == dom and p.groups[j].kind == kind:
+            return j
+    p.groups.append(_Group(kind, dom))
+    return len(p.groups) - 1
+
+
+def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False) -> LoopPlan:
+    """The loops of a kernel and where each value lives. With ``fuse``, sums run in
+    their operand's loop (a kernel over several points, vectorised across them, has no
+    vectorising of elements to keep them apart for)."""
+    live = graph.live(outputs)
+    members = _families(live, outputs)
+    cones, reads = _cones(live, members) if not fuse else ({}, {})
+    family = {m.id: head for head, ms in members.items() for m in ms}
+    p = LoopPlan([], set(), {}, cones, family)
+    needed = _needed(outputs, reads, members)
+    group_of: dict[int, int] = {}
+    viewed: set[int] = set()
     for n in live:
         if n.id in members:         # a family head: computed by its sums' loops
             group_of[n.id] = max(group_of[m.id] for m in members[n.id])
-            stored.add(n.id)
+            p.stored.add(n.id)
             continue
         if not n.args or n.id not in needed:
             continue
@@ -152,46 +209,22 @@ def plan(graph: Graph, outputs: Sequence[Node], fuse: bool = False):
         # (a family head's buffer is its sums': a view into it would be written before
         # the family starts adding)
         if x is not None and x.id not in viewed and x.id not in members:
-            views[n.id] = x
+            p.views[n.id] = x
             viewed.add(x.id)
             group_of[n.id] = group_of[x.id]
-            stored.update((n.id, x.id))
+            p.stored.update((n.id, x.id))
             continue
         reduces = _reduces(n)
         kind = "reduce" if reduces and not fuse else "point"
         dom = n.args[0].size if reduces else n.size
-        need, same = 0, []
-        for a in reads.get(n.id, n.args):
-            if not a.args:
-                continue                    # inputs and constants are read in place
-            ga = group_of[a.id]
-            if a.size == 1 and a.op != "sum" and kind == "point" and dom == 1:
-                need = max(need, ga)        # a register of the same straight code
-            elif a.size == 1:
-                need = max(need, ga + 1)    # a register, after a's loop
-            elif kind == "point" and (n.op not in ("gather", "sum") or reduces) and \
-                    a.op != "sum" and a.id not in members:
-                need = max(need, ga)        # the same element: a register in a's loop
-                same.append(a)
-            else:
-                need = max(need, ga + 1)
-                stored.add(a.id)
-        g = next((j for j in range(need, len(groups))
-                  if groups[j].domain == dom and groups[j].kind == kind), None)
-        if g is None:
-            groups.append(_Group(kind, dom))
-            g = len(groups) - 1
-        groups[g].nodes.append(n)
-        group_of[n.id] = g
-        for a in same:
-            if group_of[a.id] != g:
-                stored.add(a.id)
+        need, same = _operands(n, kind, dom, p, group_of, reads, members)
+        g = group_of[n.id] = _join(p, kind, dom, need)
+        p.groups[g].nodes.append(n)
+        p.stored.update(a.id for a in same if group_of[a.id] != g)
         if reduces and n.size > 1 and n.id not in family:
-            stored.add(n.id)
-    for o in outputs:
-        if o.args and o.size > 1:
-            stored.add(o.id)
-    return groups, stored, views, cones, family
+            p.stored.add(n.id)
+    p.stored.update(o.id for o in outputs if o.args and o.size > 1)
+    return p
 
 
 class _Emitter:
@@ -272,6 +305,8 @@ class _Emitter:
         b = self.b
         if a.op == "input":
             off = self.offsets[a.id]
+            if a.size == 1:         # a scalar argument, broadcast: its one element
+                idx = ir.Constant(I64, 0)
             j = b.add(idx, ir.Constant(I64, off)) if off else idx
             return self.read(self.element(self.in_ptr, j,
                                           self.in_stride if self.width > 1 else None))
@@ -296,8 +331,9 @@ class _Emitter:
 
     # -- emitting ----------------------------------------------------------------------
     def emit(self) -> ir.Function:
-        groups, stored, views, self.cones, self.family = plan(
-            self.graph, self.outputs, fuse=self.width > 1)
+        p = plan(self.graph, self.outputs, fuse=self.width > 1)
+        groups, stored, views, self.cones, self.family = \
+            p.groups, p.stored, p.views, p.cones, p.family
         viewed = {x.id for x in views.values()}
         # Stored outputs are stored where they are returned (a second output of the same
         # node is copied).
@@ -446,83 +482,101 @@ class _Emitter:
         order: into one value, a register; into segments that come in runs of
         consecutive elements (a pair's first particle), a loop per run adding in a
         register and storing its total; into other segments, added in their buffer."""
-        b = self.b
         minus_zero = self.const(-0.0)
-        nodes = group.nodes
-        sums = [n for n in nodes if _reduces(n)]
-        singles = [n for n in sums if n.size == 1]
-        runs = [n for n in sums if n.size > 1 and n.attrs[0].runs() == "runs"]
-        starts = _run_starts(runs[0].attrs[0].index) if runs else None
-        # several run sums share the loop over runs only where their runs coincide
-        runs = [n for n in runs if np.array_equal(_run_starts(n.attrs[0].index), starts)]
-        for n in sums:
-            if n.size > 1 and n.id not in self.family:
+        singles, runs, starts = _accumulators(group.nodes)
+        for n in group.nodes:
+            if _reduces(n) and n.size > 1 and n.id not in self.family:
                 self.loop(n.size, lambda k, n=n: self.store(n, k, minus_zero))
 
         def element(k, singles_acc, runs_acc):
-            vals: dict[int, ir.Value] = {}
             acc = dict(zip((n.id for n in singles + runs), (*singles_acc, *runs_acc)))
-
-            def get(a):
-                v = vals.get(a.id)
-                return v if v is not None else self.at(a, k)
-            for n in nodes:
-                if _reduces(n):
-                    for c in self.cones.get(n.id, ()):     # its operand, recomputed here
-                        if c.id not in vals:
-                            vals[c.id] = self.at(c.args[0], self.position(c.attrs[0], k)) \
-                                if c.op == "gather" else \
-                                lower_node(b, self.module, c, [get(a) for a in c.args],
-                                           self.flags, self.vector_math)
-                    x = get(n.args[0])
-                    if n.id in acc:
-                        acc[n.id] = b.fadd(acc[n.id], x, flags=self.flags)
-                    else:
-                        p = self.slot(n, self.position(n.attrs[0], k))
-                        self.write(b.fadd(self.read(p), x, flags=self.flags), p)
-                    continue
-                if n.op == "gather":
-                    src = n.args[0]
-                    v = self.at(src, self.position(n.attrs[0], k)) if src.size > 1 \
-                        else self.at(src, ir.Constant(I64, 0))
-                elif n.op == "sum":             # distinct segments: -0.0 + x == x
-                    v = self.scattered(n, k)
-                else:
-                    v = lower_node(b, self.module, n, [get(a) for a in n.args], self.flags,
-                                   self.vector_math)
-                vals[n.id] = v
-                if n.id in self.buffer:
-                    self.store(n, k, v)
-            if group.domain == 1:
-                self.scalars.update(vals)
+            self.elements(group, k, acc)
             return [acc[n.id] for n in singles], [acc[n.id] for n in runs]
 
-        n_single = len(singles)
-        start = [minus_zero] * n_single
+        start = [minus_zero] * len(singles)
         if group.domain == 1:
             finals = element(ir.Constant(I64, 0), start, [])[0]
         elif not runs:
             finals = self.loop(group.domain, lambda k, *acc: element(k, acc, [])[0], start)
         else:
-            g, _ = self.table(starts.tobytes(), starts, "runs")
-
-            def run(r, *singles_acc):
-                lo = b.sext(self.load(g, r, I32), I64)
-                hi = b.sext(self.load(g, b.add(r, ir.Constant(I64, 1)), I32), I64)
-
-                def step(k, *acc):
-                    one, many = element(k, acc[:n_single], acc[n_single:])
-                    return one + many
-                out = self.loop(hi, step, list(singles_acc) + [minus_zero] * len(runs), lo)
-                for n, total in zip(runs, out[n_single:]):
-                    p = self.slot(n, self.position(n.attrs[0], lo))
-                    if n.id in self.family:         # into the family's buffer
-                        total = b.fadd(self.read(p), total, flags=self.flags)
-                    self.write(total, p)
-                return out[:n_single]
-            finals = self.loop(len(starts) - 1, run, start)
+            finals = self.runs_loop(element, singles, runs, starts)
         for n, v in zip(singles, finals):
             self.scalars[n.id] = v
+
+    def elements(self, group: _Group, k: ir.Value, acc: dict) -> None:
+        """Element ``k`` of every node of the group: pointwise values in registers (stored
+        where they have a buffer), sums added into ``acc`` (their registers) or their
+        buffer at ``k``'s segment."""
+        b = self.b
+        vals: dict[int, ir.Value] = {}
+
+        def get(a):
+            v = vals.get(a.id)
+            return v if v is not None else self.at(a, k)
+        for n in group.nodes:
+            if _reduces(n):
+                for c in self.cones.get(n.id, ()):     # its operand, recomputed here
+                    if c.id not in vals:
+                        vals[c.id] = self.at(c.args[0], self.position(c.attrs[0], k)) \
+                            if c.op == "gather" else \
+                            lower_node(b, self.module, c, [get(a) for a in c.args],
+                                       self.flags, self.vector_math)
+                x = get(n.args[0])
+                if n.id in acc:
+                    acc[n.id] = b.fadd(acc[n.id], x, flags=self.flags)
+                else:
+                    p = self.slot(n, self.position(n.attrs[0], k))
+                    self.write(b.fadd(self.read(p), x, flags=self.flags), p)
+                continue
+            if n.op == "gather":
+                src = n.args[0]
+                v = self.at(src, self.position(n.attrs[0], k)) if src.size > 1 \
+                    else self.at(src, ir.Constant(I64, 0))
+            elif n.op == "sum":             # distinct segments: -0.0 + x == x
+                v = self.scattered(n, k)
+            else:
+                v = lower_node(b, self.module, n, [get(a) for a in n.args], self.flags,
+                               self.vector_math)
+            vals[n.id] = v
+            if n.id in self.buffer:
+                self.store(n, k, v)
+        if group.domain == 1:
+            self.scalars.update(vals)
+
+    def runs_loop(self, element, singles: list, runs: list, starts: np.ndarray) -> list:
+        """A loop over the runs, each an inner loop over its elements adding the run sums
+        in registers and storing (or, a family's, adding) their totals at the run's
+        segment; the single sums' registers carried through. Their final values."""
+        b, minus_zero, n_single = self.b, self.const(-0.0), len(singles)
+        g, _ = self.table(starts.tobytes(), starts, "runs")
+
+        def run(r, *singles_acc):
+            lo = b.sext(self.load(g, r, I32), I64)
+            hi = b.sext(self.load(g, b.add(r, ir.Constant(I64, 1)), I32), I64)
+
+            def step(k, *acc):
+                one, many = element(k, acc[:n_single], acc[n_single:])
+                return one + many
+            out = self.loop(hi, step, list(singles_acc) + [minus_zero] * len(runs), lo)
+            for n, total in zip(runs, out[n_single:]):
+                p = self.slot(n, self.position(n.attrs[0], lo))
+                if n.id in self.family:         # into the family's buffer
+                    total = b.fadd(self.read(p), total, flags=self.flags)
+                self.write(total, p)
+            return out[:n_single]
+        return self.loop(len(starts) - 1, run, [minus_zero] * n_single)
+
+
+def _accumulators(nodes: list) -> tuple[list, list, np.ndarray]:
+    """(sums into one value, sums over runs sharing one loop over them, those runs'
+    starts): the sums of a group that add in registers."""
+    sums = [n for n in nodes if _reduces(n)]
+    singles = [n for n in sums if n.size == 1]
+    runs = [n for n in sums if n.size > 1 and n.attrs[0].runs() == "runs"]
+    starts = _run_starts(runs[0].attrs[0].index) if runs else np.zeros(1, np.int64)
+    # several run sums share the loop over runs only where their runs coincide
+    runs = [n for n in runs if np.array_equal(_run_starts(n.attrs[0].index), starts)]
+    return singles, runs, starts
 
 
 def _run_starts(index: np.ndarray) -> np.ndarray:
@@ -543,7 +597,7 @@ def emit_kernel(module: ir.Module, graph: Graph, outputs: Sequence[Node], name: 
 
 def buffer_doubles(graph: Graph, outputs: Sequence[Node], width: int) -> int:
     """Scratch doubles the ``width``-point kernel needs (its stored values)."""
-    groups, stored, views, cones, family = plan(graph, outputs, fuse=width > 1)
-    elsewhere = {x.id for x in views.values()} | {o.id for o in outputs}
+    p = plan(graph, outputs, fuse=width > 1)
+    elsewhere = {x.id for x in p.views.values()} | {o.id for o in outputs}
     return width * sum(n.size for n in graph.live(outputs)
-                       if n.id in stored and n.id not in elsewhere)
+                       if n.id in p.stored and n.id not in elsewhere)

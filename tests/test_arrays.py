@@ -240,7 +240,7 @@ def test_large_buffers_on_the_heap_and_long_reductions(always_arrays):
     value, grad = cf(x)
     assert cf.stats["array_level"]
     g = cf.grad_graph                    # the array graph the kernel was compiled from
-    groups, stored, views, cones, family = array_lower.plan(g, g.outputs)
+    stored = array_lower.plan(g, g.outputs).stored
     assert sum(n.size for n in g.live(g.outputs) if n.id in stored) > policy.KERNEL_STACK_DOUBLES
     ref = array_trace.evaluate(g, g.outputs, x)
     assert value == ref[0][0]
@@ -251,15 +251,15 @@ def test_large_buffers_on_the_heap_and_long_reductions(always_arrays):
 def test_lennard_jones_is_two_loops_and_rosenbrock_adds_its_terms_as_it_computes_them():
     tr = array_trace.trace_call(lennard_jones, (_point(3 * 64),), [(3 * 64,)])
     outs = [tr.outputs[0], *vjp_plain(tr.graph, tr.outputs[:1], [tr.graph.const(1.0)], tr.inputs)]
-    groups, stored, views, cones, family = array_lower.plan(tr.graph, outs)
-    assert [(g.kind, g.domain) for g in groups] == [("point", 2016), ("reduce", 2016)]
-    assert len(family) == 6 and len(set(family.values())) == 1   # one gradient buffer
+    p = array_lower.plan(tr.graph, outs)
+    assert [(g.kind, g.domain) for g in p.groups] == [("point", 2016), ("reduce", 2016)]
+    assert len(p.family) == 6 and len(set(p.family.values())) == 1   # one gradient buffer
     tr = array_trace.trace_call(rosen, (_point(1000),), [(1000,)])
     outs = [tr.outputs[0], *vjp_plain(tr.graph, tr.outputs[:1], [tr.graph.const(1.0)], tr.inputs)]
-    groups, stored, views, cones, family = array_lower.plan(tr.graph, outs)
-    (energy,) = [n for g in groups if g.kind == "reduce" for n in g.nodes]
-    assert len(cones[energy.id]) >= 8          # the terms, computed where they are added
-    assert len(views) == 2                     # both slices' adjoints: no scatter at all
+    p = array_lower.plan(tr.graph, outs)
+    (energy,) = [n for g in p.groups if g.kind == "reduce" for n in g.nodes]
+    assert len(p.cones[energy.id]) >= 8        # the terms, computed where they are added
+    assert len(p.views) == 2                   # both slices' adjoints: no scatter at all
 
 
 def test_long_chains_of_array_operations_do_not_recurse(always_arrays):
