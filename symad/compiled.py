@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import diskcache, logs, options, runtime, specialize
+from . import diskcache, logs, options, specialize
 from .errors import OptionError, SymadError
 from .persist import (
     PICKLE_FORMAT,
@@ -45,17 +45,6 @@ from .tree import tree_flatten, tree_unflatten
 # ``compile(f, max_specializations=n)`` sets it per function.
 MAX_SPECIALIZATIONS = 32
 _tick = itertools.count().__next__      # use order of specializations (atomic in CPython)
-# Moved to symad/specialize.py and symad/runtime.py; read there at each access (the cache
-# lock is renewed in a forked child).
-_MOVED = {"_CACHE": specialize, "_RECENT": specialize, "_RECENT_MAX": specialize,
-          "_CACHE_LOCK": specialize, "_run_parallel": runtime}
-
-
-def __getattr__(name: str):
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(module, name.lstrip("_") if module is runtime else name)
 
 
 def _user_stacklevel() -> int:
