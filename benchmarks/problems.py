@@ -148,6 +148,65 @@ def black_scholes(m, s, k, t, r, sigma):
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+# ---- the same programs written with Python loops over scalars (issue 19) --------------------
+
+def lennard_jones_loops(m, x):
+    """:func:`lennard_jones` written the way a physicist writes it first: two loops over
+    particle pairs and scalar arithmetic (``x[..., k]`` keeps a leading batch axis)."""
+    n = x.shape[-1] // 3
+    e = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx = x[..., 3 * i] - x[..., 3 * j]
+            dy = x[..., 3 * i + 1] - x[..., 3 * j + 1]
+            dz = x[..., 3 * i + 2] - x[..., 3 * j + 2]
+            s6 = 1.0 / (dx * dx + dy * dy + dz * dz) ** 3
+            e = e + 4.0 * (s6 * s6 - s6)
+    return e
+
+
+def nn_loss_loops(m, w):
+    """:func:`nn_loss` written with loops over samples, hidden units and inputs."""
+    a, b = NN_IN * NN_HIDDEN, NN_IN * NN_HIDDEN + NN_HIDDEN
+    total = 0.0
+    for s in range(NN_SAMPLES):
+        out = w[..., b + NN_HIDDEN]
+        for h in range(NN_HIDDEN):
+            z = w[..., a + h]
+            for i in range(NN_IN):
+                z = z + NN_X[s, i] * w[..., i * NN_HIDDEN + h]
+            out = out + m.tanh(z) * w[..., b + h]
+        total = total + (out - NN_Y[s]) ** 2
+    return total / NN_SAMPLES
+
+
+# ---- transcendental-heavy objectives at the default options (issue 19) ---------------------
+
+GAUSS_DATA = np.random.default_rng(11).normal(1.0, 2.0, 64)
+
+
+def gauss_loglik(m, mu, log_sigma):
+    """Negative log-likelihood of 64 fixed points under N(mu, exp(log_sigma)^2), written
+    per point as -log(pdf) (an exp and a log per term, as users often write it)."""
+    sigma = m.exp(log_sigma)
+    total = 0.0
+    for xk in GAUSS_DATA:
+        z = (xk - mu) / sigma
+        total = total - m.log(m.exp(-0.5 * z * z) / (math.sqrt(2.0 * math.pi) * sigma))
+    return total
+
+
+LOGREG_X = np.random.default_rng(12).normal(0.0, 1.0, (32, 4))
+LOGREG_Y = np.where(LOGREG_X @ np.array([1.0, -2.0, 0.5, 0.0]) > 0.0, 1.0, -1.0)
+
+
+def softplus_logreg(m, w):
+    """Logistic-regression loss sum softplus(-y x.w) over 32 fixed samples, 4 weights."""
+    z = -LOGREG_Y * (LOGREG_X[:, 0] * w[..., 0:1] + LOGREG_X[:, 1] * w[..., 1:2]
+                     + LOGREG_X[:, 2] * w[..., 2:3] + LOGREG_X[:, 3] * w[..., 3:4])
+    return m.sum(m.log(1.0 + m.exp(z)), axis=-1)
+
+
 def gmm_einsum(m, theta, *, X, K):
     """Negative log-likelihood of the points ``X`` (N x d) under K diagonal Gaussians;
     ``theta`` holds K rows of (mean (d), log standard deviation (d), weight logit)."""
@@ -234,6 +293,21 @@ def _make_problems() -> list[Problem]:
                        (100.0, 95.0, 0.75, 0.03, 0.25),
                        _uniform([80, 80, 0.1, 0.0, 0.1], [120, 120, 2.0, 0.08, 0.5]),
                        "Black-Scholes call price (S, K, T, r, sigma); gradient = Greeks"))
+    for n in (16, 64):
+        base, sample = _lattice(n)
+        pt = tuple(base + np.random.default_rng(n).uniform(-0.1, 0.1, base.size))
+        out.append(Problem(f"lennard_jones_loops_{n}", "vector", 3 * n, lennard_jones_loops,
+                           pt, sample, f"Lennard-Jones energy, {n} particles, written with "
+                           "Python loops over pairs", {"particles": n}, symbolic=n <= 16))
+    out.append(Problem("nn_loss_loops", "vector", NN_PARAMS, nn_loss_loops, w0,
+                       lambda rng, N: rng.normal(0.0, 0.5, (N, NN_PARAMS)),
+                       "nn_loss written with Python loops over samples, units and inputs"))
+    out.append(Problem("gauss_loglik", "scalars", 2, gauss_loglik, (0.8, 0.5),
+                       _uniform([-1.0, 0.0], [3.0, 1.5]),
+                       "Gaussian NLL of 64 points, per-point loop (exp, log)"))
+    out.append(Problem("softplus_logreg", "vector", 4, softplus_logreg,
+                       (0.5, -1.0, 0.2, 0.1), _uniform([-2.0] * 4, [2.0] * 4),
+                       "logistic regression, softplus loss over 32 samples (exp, log)"))
     out.append(gmm_problem(25, 10, name="gmm_einsum"))
     return out
 
